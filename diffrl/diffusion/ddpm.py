@@ -166,13 +166,13 @@ def _clamp_scaled(x: Tensor, low: Bound, high: Bound, scale: float, inplace: boo
     return x.clamp_(low, high) if inplace else x.clamp(low, high)
 
 
-def _draws(noise: Tensor | None, count: int, shape: torch.Size, like: Tensor | None) -> Tensor | list[Tensor]:
+def _draws(noise: Tensor | None, count: int, shape: torch.Size, like: Tensor | None) -> Sequence[Tensor]:
     if noise is None:
         kwargs = {"device": like.device, "dtype": like.dtype} if like is not None else {}
-        return torch.randn(count, *shape, **kwargs)
+        return torch.randn(count, *shape, **kwargs).unbind(0)
     if noise.shape[0] < count:
         raise ValueError(f"noise must hold at least {count} draws along dim 0, got shape {tuple(noise.shape)}.")
-    return [noise[k].expand(shape) for k in range(count)]
+    return [draw.expand(shape) for draw in noise[:count].unbind(0)]
 
 
 def _grad_context(grad: bool) -> contextlib.AbstractContextManager:

@@ -28,6 +28,7 @@ from diffrl.nn.mlp import MLP, _check_sizes, activation_fn, inplace_activation_f
 __all__ = ["ConditionalNoiseNet", "DiffusionQLNoiseNet", "QSMNoiseNet", "NOISE_NETS"]
 
 _PARTS = ("action", "time", "condition")
+_PRECOMPUTE_LIMIT = 1 << 18  # elements (1 MiB of float32) of per-step first-layer biases computed up front
 
 
 class ConditionalNoiseNet(nn.Module):
@@ -122,6 +123,11 @@ class ConditionalNoiseNet(nn.Module):
             cond_part = cond_part.expand(*batch_shape, cond_part.shape[-1]).reshape(rows, -1)
         else:
             cond_part = first.bias.expand(rows, -1)
+        if len(step_index) * cond_part.numel() <= _PRECOMPUTE_LIMIT:
+            # Small sampling calls: every step's first-layer bias in one kernel (fewer launches per step).
+            step_bias: Sequence[Tensor] | None = (cond_part.unsqueeze(0) + time_part.unsqueeze(1)).unbind(0)
+        else:
+            step_bias, time_rows = None, time_part.unbind(0)
         action_weight_t = weight[:, self._slices["action"]].t()
         # Transposed views made once per call: aten::linear would re-transpose every weight at every step.
         layers = [(layer.bias, layer.weight.t()) for layer in self.layers[1:]]
@@ -131,7 +137,9 @@ class ConditionalNoiseNet(nn.Module):
         def eps_fn(x_t: Tensor, step: int) -> Tensor:
             # Without a graph, activations may overwrite their input (no saved tensors to protect).
             act = act_graph if torch.is_grad_enabled() else act_inplace
-            h = torch.addmm(cond_part + time_part[step_index[step]], x_t.reshape(rows, -1), action_weight_t)
+            k = step_index[step]
+            bias0 = step_bias[k] if step_bias is not None else cond_part + time_rows[k]
+            h = torch.addmm(bias0, x_t.reshape(rows, -1), action_weight_t)
             for bias, weight_t in layers:
                 h = torch.addmm(bias, act(h), weight_t)
             return h.view(out_shape)

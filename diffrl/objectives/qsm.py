@@ -79,6 +79,7 @@ class QScoreMatchingLoss(ActorCriticLoss):
 
     actor_network: TensorDictModule
     actor_network_params: TensorDictParams
+    target_actor_network_params: TensorDictParams  # never created (no target actor); declared for TorchRL's check
 
     def __init__(
         self,
@@ -113,12 +114,23 @@ class QScoreMatchingLoss(ActorCriticLoss):
         if gamma is not None:
             self.make_value_estimator(gamma=gamma)
 
+    def _read(self, tensordict: TensorDictBase, key) -> torch.Tensor:
+        """``tensordict[key]``, or a KeyError naming the key (tensordict's ``get`` returns None for a missing key)."""
+        value = tensordict.get(key, None)
+        if value is None:
+            raise KeyError(
+                f"{type(self).__name__} reads {key!r}, which is missing from the batch (keys: "
+                f"{sorted(map(str, tensordict.keys(True, True)))}). Add it to the batch, or point the loss at the "
+                "key the batch uses with loss.set_keys(...)."
+            )
+        return value
+
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TD(0) regression onto ``r + gamma (1 - terminated) min_i Q'_i(s', clip(pi(s') + noise))``."""
         weights = self._maybe_get_priority_weight(tensordict)
-        observation = tensordict.get(self.tensor_keys.observation)
-        action = tensordict.get(self.tensor_keys.action)
-        next_observation = tensordict.get(("next", self.tensor_keys.observation))
+        observation = self._read(tensordict, self.tensor_keys.observation)
+        action = self._read(tensordict, self.tensor_keys.action)
+        next_observation = self._read(tensordict, ("next", self.tensor_keys.observation))
         with torch.no_grad():
             with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
                 next_action = self.actor_network.sample(next_observation)
@@ -148,8 +160,8 @@ class QScoreMatchingLoss(ActorCriticLoss):
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Regress ``eps_theta(a_t, t, s)`` onto the score target at forward-noised replay actions."""
         weights = self._maybe_get_priority_weight(tensordict)
-        observation = tensordict.get(self.tensor_keys.observation)
-        action = tensordict.get(self.tensor_keys.action)
+        observation = self._read(tensordict, self.tensor_keys.observation)
+        action = self._read(tensordict, self.tensor_keys.action)
         alphas_cumprod = self.actor_network.schedule.alphas_cumprod
         step = torch.randint(0, self.actor_network.num_steps, action.shape[:-1], device=action.device)
         abar = alphas_cumprod[step].unsqueeze(-1)

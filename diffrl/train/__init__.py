@@ -25,8 +25,9 @@ What every recipe needs and none should rewrite. A recipe reads::
 Modules: :mod:`~diffrl.train.config` (strict YAML + overrides), :mod:`~diffrl.train.seeding` (seeds, RNG states,
 device), :mod:`~diffrl.train.metrics` (logging, reading CSV back), :mod:`~diffrl.train.progress` (tqdm bar, timer,
 summary line), :mod:`~diffrl.train.evaluation`, :mod:`~diffrl.train.checkpoint`, :mod:`~diffrl.train.run` (the run
-directory tying logger and checkpoints to ``resume=``), :mod:`~diffrl.train.plot` (PNG learning curves; not imported
-here, it needs matplotlib), :mod:`~diffrl.train.files` (atomic writes).
+directory tying logger and checkpoints to ``resume=``), :mod:`~diffrl.train.o2o` (the offline-to-online loop) with
+:mod:`~diffrl.train.replay` (mixed batches, the online buffer), :mod:`~diffrl.train.plot` (PNG learning curves; not
+imported here, it needs matplotlib), :mod:`~diffrl.train.files` (atomic writes).
 
 Names are imported on first access, so ``python recipe.py --help`` and configuration errors answer before torch loads.
 """
@@ -47,17 +48,24 @@ _EXPORTS = {
     "checkpoint": ("CheckpointError", "Checkpointer", "find_checkpoint", "latest_checkpoint", "without_contents"),
     "run": ("Run", "fresh_run_dir", "start_run"),
     "files": ("atomic_write", "atomic_write_text"),
+    "o2o": ("O2OHook", "O2OSettings", "OfflineToOnline"),
+    "replay": ("BatchMixer", "StoredItems", "make_online_buffer"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "BACKENDS",
+    "BatchMixer",
     "CheckpointError",
     "Checkpointer",
     "ConfigError",
     "MetricLogger",
+    "O2OHook",
+    "O2OSettings",
+    "OfflineToOnline",
     "Progress",
     "Run",
+    "StoredItems",
     "Timer",
     "atomic_write",
     "atomic_write_text",
@@ -69,6 +77,7 @@ __all__ = [
     "fresh_run_dir",
     "latest_checkpoint",
     "load_config",
+    "make_online_buffer",
     "make_progress",
     "normalized_score",
     "read_metrics",
@@ -109,7 +118,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from diffrl.train.evaluation import evaluate, normalized_score
     from diffrl.train.files import atomic_write, atomic_write_text
     from diffrl.train.metrics import BACKENDS, MetricLogger, read_metrics
+    from diffrl.train.o2o import O2OHook, O2OSettings, OfflineToOnline
     from diffrl.train.progress import Progress, Timer, format_summary, make_progress
+    from diffrl.train.replay import BatchMixer, StoredItems, make_online_buffer
     from diffrl.train.run import Run, fresh_run_dir, start_run
     from diffrl.train.seeding import (
         env_rng_state,

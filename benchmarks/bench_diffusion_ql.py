@@ -1,0 +1,156 @@
+"""Update throughput of Diffusion-QL at the paper's sizes, on CPU.
+
+One update is the official order: critic loss, backward, gradient-norm clip, Adam step; actor loss against the updated
+critic, backward, clip, Adam step; target updates (critic Polyak every step, EMA actor on its schedule). Sizes:
+batch 256, state 17, action 6, T = 5, 3 x 256 Mish networks (actor noise net and both critics), as for hopper/walker.
+
+    python benchmarks/bench_diffusion_ql.py                     # twin_q critic, fast Mish, 2 threads
+    python benchmarks/bench_diffusion_ql.py --mish aten         # torch.nn.functional.mish everywhere
+    python benchmarks/bench_diffusion_ql.py --critic single     # TorchRL single-Q network duplicated by vmap
+    python benchmarks/bench_diffusion_ql.py --compile           # torch.compile the two loss terms
+    python benchmarks/bench_diffusion_ql.py --profile           # where the time goes (torch profiler)
+
+Prints the median updates/s over the repeats (and the range) with the load average, and the updates per CPU-second
+of this process (all its threads together). On a shared machine wall-clock numbers depend on the other processes;
+with ``--threads 1`` the CPU-time figure approximates the rate on an idle core. Compare variants within one run.
+
+``--mish fast`` swaps :func:`diffrl.nn.activations.mish` in for ``"mish"`` in ``diffrl.nn.mlp.ACTIVATIONS`` before the
+networks are built: the wiring a library default would make permanent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import warnings
+
+import torch
+from tensordict import TensorDict
+from torchrl.modules import MLP, ValueOperator
+
+from diffrl import registry
+from diffrl.objectives.updaters import diffusion_ql_updater
+
+
+def use_fast_mish(enabled: bool) -> None:
+    import diffrl.nn.mlp as mlp
+    from diffrl.nn.activations import mish
+
+    mlp.ACTIVATIONS["mish"] = mish if enabled else torch.nn.functional.mish
+
+
+def build(args: argparse.Namespace):
+    actor = registry.build(
+        "actor", {"name": "diffusion", "hidden_sizes": [args.hidden] * 3, "num_steps": args.steps},
+        obs_dim=args.obs, action_dim=args.act,
+    )
+    if args.critic == "twin_q":
+        critic = registry.build("critic", {"name": "twin_q", "hidden_sizes": [args.hidden] * 3},
+                                obs_dim=args.obs, action_dim=args.act)
+    else:
+        net = MLP(in_features=args.obs + args.act, out_features=1, num_cells=[args.hidden] * 3,
+                  activation_class=torch.nn.Mish)
+        critic = ValueOperator(net, ["observation", "action"])
+    loss = registry.build("loss", {"name": "diffusion_ql", "eta": 1.0}, actor_network=actor, qvalue_network=critic)
+    loss.make_value_estimator(gamma=0.99)
+    actor_params = [p for p in loss.actor_network_params.values(True, True) if p.requires_grad]
+    critic_params = [p for p in loss.qvalue_network_params.values(True, True) if p.requires_grad]
+    adam = {"lr": 3e-4, "foreach": True}
+    optim_actor = torch.optim.Adam(actor_params, **adam)
+    optim_critic = torch.optim.Adam(critic_params, **adam)
+    updater = diffusion_ql_updater(loss)
+    return loss, actor_params, critic_params, optim_actor, optim_critic, updater
+
+
+def make_batches(args: argparse.Namespace, count: int = 8) -> list[TensorDict]:
+    """A few device-resident batches, cycled through (no host copies inside the timed loop)."""
+    batches = []
+    for _ in range(count):
+        b = args.batch
+        batches.append(TensorDict({
+            "observation": torch.randn(b, args.obs),
+            "action": torch.rand(b, args.act) * 2 - 1,
+            "next": {
+                "observation": torch.randn(b, args.obs),
+                "reward": torch.randn(b, 1),
+                "done": torch.zeros(b, 1, dtype=torch.bool),
+                "terminated": torch.zeros(b, 1, dtype=torch.bool),
+            },
+        }, batch_size=[b]))
+    return batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--obs", type=int, default=17)
+    parser.add_argument("--act", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=5, help="diffusion steps T")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--critic", choices=["twin_q", "single"], default="twin_q")
+    parser.add_argument("--mish", choices=["fast", "aten"], default="fast")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the loss terms")
+    parser.add_argument("--grad-norm", type=float, default=9.0, help="clip norm (<= 0: no clipping)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=50, help="updates per repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+
+    warnings.filterwarnings("ignore", message="No target network updater")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    use_fast_mish(args.mish == "fast")
+    loss, actor_params, critic_params, optim_actor, optim_critic, updater = build(args)
+    qvalue_loss, actor_loss = loss.qvalue_loss, loss.actor_loss
+    if args.compile:
+        qvalue_loss, actor_loss = torch.compile(qvalue_loss), torch.compile(actor_loss)
+    clip = args.grad_norm > 0
+
+    def update(batch: TensorDict) -> None:
+        value, _ = qvalue_loss(batch)
+        optim_critic.zero_grad(set_to_none=True)
+        value.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(critic_params, args.grad_norm, foreach=True)
+        optim_critic.step()
+        value, _ = actor_loss(batch)
+        optim_actor.zero_grad(set_to_none=True)
+        value.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(actor_params, args.grad_norm, foreach=True)
+        optim_actor.step()
+        updater.step()
+
+    batches = make_batches(args)
+    for i in range(args.warmup):
+        update(batches[i % len(batches)])
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(args.iters):
+                update(batches[i % len(batches)])
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        return
+    rates, cpu_rates = [], []
+    for _ in range(args.repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for i in range(args.iters):
+            update(batches[i % len(batches)])
+        rates.append(args.iters / (time.perf_counter() - start))
+        cpu_rates.append(args.iters / (time.process_time() - cpu_start))
+    load = os.getloadavg()[0]
+    print(
+        f"diffusion_ql update (batch {args.batch}, state {args.obs}, action {args.act}, T={args.steps}, "
+        f"3x{args.hidden}, critic {args.critic}, mish {args.mish}, compile {args.compile}, threads {args.threads}): "
+        f"{statistics.median(rates):.1f} updates/s (range {min(rates):.1f}-{max(rates):.1f}; load avg {load:.2f}); "
+        f"{statistics.median(cpu_rates):.1f} updates per CPU-second"
+    )
+
+
+if __name__ == "__main__":
+    main()

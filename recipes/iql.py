@@ -1,0 +1,78 @@
+"""IQL: implicit Q-learning pre-trained offline, then fine-tuned online.
+
+Kostrikov et al., "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022, run with CORL's fine-tuning
+protocol (``algorithms/finetune/iql.py``) and TorchRL's ``IQLLoss``:
+
+    V  <- expectile regression of min_i Q'_i(s, a) (expectile tau)
+    Q  <- r + gamma (1 - terminated) V(s')
+    pi <- advantage-weighted regression, weights exp(temperature * (min_i Q'_i(s, a) - V(s))) clipped at 100
+    fine-tune: the same updates, one per env step, on batches drawn from the dataset and the online transitions
+
+    python recipes/iql.py                                   # pendulum, a few minutes on CPU
+    python recipes/iql.py config=iql_antmaze_umaze.yaml     # CORL-scale settings on a Minari dataset
+    python recipes/iql.py resume=runs/iql/<run>             # continue a run, in either phase
+"""
+
+from __future__ import annotations
+
+import torch
+from torchrl.objectives import SoftUpdate
+
+from diffrl import registry
+from diffrl.data import load_dataset
+from diffrl.envs import make_env
+from diffrl.train import resolve_device, run_recipe, seed_env, seed_everything, start_run
+from diffrl.train.o2o import OfflineToOnline
+
+
+def main(cfg):
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    run = start_run(cfg)
+
+    # Data and envs: online rewards get the dataset's reward transform; evaluation sees raw rewards, comparable to the
+    # dataset's reference scores.
+    rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
+    env = make_env(cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps,
+                   keep_raw_reward=True)
+    eval_env = make_env(cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps,
+                        transform_reward=False)
+    seed_env(eval_env, seed_env(env, cfg.seed))
+
+    # A stochastic actor that scores dataset actions, a single Q network (the loss makes num_qvalue_nets copies), V(s).
+    space = env.action_spec.space
+    dims = {"obs_dim": rb.obs_dim, "action_dim": rb.action_dim}
+    actor = registry.build("actor", cfg.actor, **dims, action_low=space.low, action_high=space.high).to(device)
+    critic = registry.build("critic", cfg.critic, **dims).to(device)
+    value = registry.build("critic", cfg.value, **dims).to(device)
+    loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic, value_network=value)
+    loss.make_value_estimator(gamma=cfg.gamma)
+
+    optims = {
+        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr),
+        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr),
+        "value": torch.optim.Adam(loss.value_network_params.values(True, True), lr=cfg.optim.value_lr),
+    }
+    updater = SoftUpdate(loss, tau=cfg.optim.tau)
+
+    def update(batch):
+        out = loss(batch)
+        for optim in optims.values():
+            optim.zero_grad()
+        sum(value for key, value in out.items() if key.startswith("loss_")).backward()
+        for optim in optims.values():
+            optim.step()
+        updater.step()
+        return out.detach()
+
+    state = {"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}}
+    loop = OfflineToOnline(cfg, update=update, offline_rb=rb, env=env, eval_env=eval_env, policy=actor, run=run,
+                           checkpoint=state,
+                           name="iql")
+    result = loop.run()
+    run.close()
+    return result
+
+
+if __name__ == "__main__":
+    run_recipe(main)

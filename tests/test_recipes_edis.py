@@ -1,0 +1,194 @@
+"""Cal-QL+EDIS and IQL+EDIS: the EDIS hook's schedule and batches, the recipes end to end, resume, configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensordict import TensorDict
+
+from diffrl import registry
+from diffrl.data import OfflineReplayBuffer, make_dataset
+from diffrl.data.generators import PENDULUM_REF_MAX, PENDULUM_REF_MIN
+from diffrl.envs import make_env
+from diffrl.train import load_config, read_metrics, start_run
+from diffrl.train.config import ConfigError
+from diffrl.train.edis_hook import EDISHook, build_edis
+from diffrl.train.o2o import O2OSettings, OfflineToOnline
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+OFFLINE_MC = 7.0  # every offline transition of the in-process tests carries this mc_return; online ones carry 0
+# An EDIS generator that fits in a fraction of a second: the tests check the wiring, not the generator's quality.
+TINY_EDIS = {"diffusion_steps": 20, "num_samples": 64, "sampler_steps": 4, "energy_steps": 5, "energy_positives": 16,
+             "negative_sampler_steps": 2, "num_negatives": 2, "denoiser": {"width": 16, "blocks": 1, "embed_dim": 8},
+             "energy": {"width": 16, "depth": 2}}
+TINY = ["offline.steps=20", "online.steps=30", "online.retrain_every=10", "eval.episodes=1", "eval.every=25",
+        "data.batch_size=32", "logger.log_every=10", "logger.keep=10", "env.max_episode_steps=50",
+        "actor.hidden_sizes=[32, 32]", "critic.hidden_sizes=[32, 32]",
+        *(f"edis.{key}={value}" for key, value in TINY_EDIS.items())]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(minari_tmp_path):
+    """Three random Pendulum episodes with the pendulum reference scores: enough to exercise a recipe."""
+    dataset_id = "test-edis/pendulum/random-v0"
+    make_dataset("Pendulum-v1", "random", dataset_id, num_episodes=3, seed=0, ref_min_score=PENDULUM_REF_MIN,
+                 ref_max_score=PENDULUM_REF_MAX)
+    return dataset_id
+
+
+def run_recipe_command(name: str, args: list[str], cwd: Path, status: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DIFFRL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(RECIPES / f"{name}.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == status, proc.stderr[-3000:]
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------- the hook in the loop
+def offline_buffer(n: int = 64) -> OfflineReplayBuffer:
+    g = torch.Generator().manual_seed(0)
+    data = TensorDict({
+        "observation": torch.randn(n, 3, generator=g), "action": torch.rand(n, 1, generator=g) * 4 - 2,
+        "mc_return": torch.full((n, 1), OFFLINE_MC),
+        ("next", "observation"): torch.randn(n, 3, generator=g), ("next", "reward"): -torch.rand(n, 1, generator=g),
+        ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
+        ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
+        ("next", "truncated"): torch.zeros(n, 1, dtype=torch.bool)}, [n])
+    return OfflineReplayBuffer(data, batch_size=8, dataset_id="test/pendulum-v0", env_id="Pendulum-v1")
+
+
+def test_hook_regenerates_on_schedule_and_online_batches_are_exactly_synthetic_plus_online(tmp_path):
+    batches = []
+
+    def update(batch):
+        batches.append(batch.clone())
+        return {"loss_fake": torch.tensor(0.0)}
+
+    actor = registry.build("actor", {"name": "tanh_normal", "hidden_sizes": [8], "action_low": -2.0,
+                                     "action_high": 2.0}, obs_dim=3, action_dim=1)
+    edis = build_edis({"name": "edis", "synthetic_fraction": 0.25, "mark_key": "synthetic", **TINY_EDIS},
+                      obs_dim=3, action_dim=1, device="cpu", seed=0)
+    hook = EDISHook(edis, actor, every=4, extra_updates=2, verbose=False)
+    settings = O2OSettings(offline_steps=3, online_steps=8, batch_size=8, mixing_ratio=0.0, eval_every=0,
+                           eval_episodes=1, log_every=1)
+    run = start_run(OmegaConf.create({"logger": {"dir": str(tmp_path / "run"), "backend": "csv"}, "resume": None}))
+    loop = OfflineToOnline(settings, update=update, offline_rb=offline_buffer(), policy=actor, run=run,
+                           env=lambda: make_env("Pendulum-v1", seed=0, max_episode_steps=5),
+                           checkpoint={"edis": hook}, hooks=[hook], progress_keys=None)
+    loop.run()
+    run.close()
+
+    # fits at the switch (online step 0) and at online step 4; the one at step 8 (the end) is skipped
+    assert hook.regenerations == 2 and int(edis.num_fits) == 2
+    steps, values = read_metrics(tmp_path / "run")["edis/regenerations"]
+    assert steps.tolist() == [3, 7] and values.tolist() == [1, 2]
+    assert read_metrics(tmp_path / "run")["edis/energy_loss/state"][0].tolist() == [7]  # no online data at the switch
+    assert set(hook.last) >= {"edis/energy_loss/state", "edis/energy_loss/policy", "edis/energy_loss/transition"}
+    # 3 offline updates, 2 x 2 extra updates on pure pool batches, 8 online updates
+    assert len(batches) == loop.updates == 3 + 4 + 8
+    online = [b for b in batches[3:] if "synthetic" in b.keys()]
+    extra = [b for b in batches[3:] if "synthetic" not in b.keys()]
+    assert len(online) == 8 and len(extra) == 4
+    for batch in online:  # round(0.25 * 8) synthetic rows, the rest online data only (mixing_ratio 0: no offline)
+        assert int(batch["synthetic"].sum()) == 2
+        assert bool((batch["mc_return"][~batch["synthetic"]] == 0).all())
+    for batch in extra:  # pure pool rows: generated, so none equals an offline or online transition exactly
+        assert batch.batch_size == (8,) and bool((batch["mc_return"] == 0).all())
+        assert not bool((batch["mc_return"] == OFFLINE_MC).any())
+
+
+def test_hook_state_round_trips_the_generator():
+    edis = build_edis({"name": "edis", **TINY_EDIS}, obs_dim=3, action_dim=1, device="cpu", seed=0)
+    edis.fit(offline_buffer())
+    hook = EDISHook(edis, policy=None, every=10)
+    hook.regenerations = 3
+    fresh = build_edis({"name": "edis", **TINY_EDIS}, obs_dim=3, action_dim=1, device="cpu", seed=1)
+    restored = EDISHook(fresh, policy=None, every=10)
+    restored.load_state_dict(hook.state_dict())
+    assert restored.regenerations == 3 and int(fresh.num_fits) == 1 and fresh.pool is None
+    torch.testing.assert_close(fresh.normalizer.mean, edis.normalizer.mean)
+    for a, b in zip(fresh.ema_denoiser.parameters(), edis.ema_denoiser.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_build_edis_turns_bad_options_into_config_errors():
+    with pytest.raises(ConfigError, match="guidance has unknown energies"):
+        build_edis({"name": "edis", "guidance": {"reward": 1.0}}, obs_dim=3, action_dim=1, device="cpu", seed=0)
+    with pytest.raises(ConfigError, match="unknown EDIS option"):
+        build_edis({"name": "edis", "num_sample": 10}, obs_dim=3, action_dim=1, device="cpu", seed=0)
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        EDISHook(build_edis({"name": "edis"}, obs_dim=3, action_dim=1, device="cpu", seed=0), None, every=-1)
+
+
+# ---------------------------------------------------------------------------------------------- the recipes
+@pytest.mark.parametrize("name", ["edis_calql", "edis_iql"])
+def test_recipe_runs_both_phases_with_regenerations_from_another_directory(name, tiny_dataset, tmp_path):
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    extra = ["value.hidden_sizes=[32, 32]"] if name == "edis_iql" else []
+    proc = run_recipe_command(name, [*TINY, *extra, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"],
+                              elsewhere)
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"{name}: 50 steps") and "normalized score offline" in summary
+    assert "EDIS: unguided pool of 64 samples at online step 0" in proc.stdout
+    assert "EDIS: guided pool of 64 samples at online step 10" in proc.stdout
+    metrics = read_metrics(run_dir)
+    # the switch (global step 20), online steps 10 and 20; none at the last step (30)
+    assert metrics["edis/regenerations"][0].tolist() == [20, 30, 40]
+    assert metrics["edis/energy_loss/policy"][0].tolist() == [30, 40]  # energies need online data and the policy
+    assert metrics["eval/normalized_score"][0].tolist() == [20, 25, 50]
+    assert not any(elsewhere.iterdir())  # nothing written to the working directory
+
+
+def test_edis_calql_resumes_mid_online_with_the_same_regeneration_schedule(tiny_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    run_recipe_command("edis_calql", [*TINY, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], tmp_path)
+    uninterrupted = read_metrics(run_dir)["edis/regenerations"]
+    checkpoint = run_dir / "checkpoints" / "step_000000025.pt"  # online step 5, between two regenerations
+    proc = run_recipe_command("edis_calql", [f"resume={checkpoint}"], tmp_path)
+    assert "EDIS: drew a pool of 64 samples from the restored generator" in proc.stdout
+    assert "unguided" not in proc.stdout  # the generator was restored, not refitted at the (re-run) switch
+    assert proc.stdout.strip().splitlines()[-1].startswith("edis_calql: 25 steps")
+    resumed = read_metrics(run_dir)["edis/regenerations"]
+    assert resumed[0].tolist() == uninterrupted[0].tolist() == [20, 30, 40]
+    assert resumed[1].tolist() == [1, 2, 3]
+
+
+def test_bad_edis_option_is_a_one_line_error(tiny_dataset, tmp_path):
+    proc = run_recipe_command("edis_calql", [*TINY, f"data.dataset_id={tiny_dataset}", "edis.synthetic_fraction=1.5",
+                                             f"logger.dir={tmp_path / 'run'}"], tmp_path, status=2)
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: invalid edis config: synthetic_fraction must be in [0, 1], got 1.5.")
+
+
+@pytest.mark.parametrize("recipe", ["edis_calql", "edis_iql"])
+def test_every_per_task_config_is_valid(recipe):
+    files = sorted((RECIPES / "configs").glob(f"{recipe}_*.yaml"))
+    assert len(files) >= 2
+    for file in files:
+        cfg = load_config(RECIPES / f"{recipe}.py", [f"config={file.name}"])
+        if "mujoco" in file.name:  # the paper's settings
+            assert cfg.edis.preset == "paper" and cfg.data.dataset_id.startswith("mujoco/")
+            assert (cfg.online.steps, cfg.online.retrain_every, cfg.edis.num_samples) == (200_000, 10_000, 100_000)
+            assert (cfg.edis.sampler_steps, cfg.edis.denoiser.width, cfg.edis.denoiser.blocks) == (128, 1024, 6)
+        else:
+            assert cfg.data.dataset_id.startswith("diffrl/")
+        if "hopper" in file.name:  # the official hopper weights (w_s, w_pi, w_T) and synthetic share
+            assert dict(cfg.edis.guidance) == {"state": 2.0, "policy": 0.01, "transition": 0.01}
+            assert cfg.edis.synthetic_fraction == 0.2
+        if recipe == "edis_calql":
+            assert cfg.online.mixing_ratio == 0.0  # offline data only through the generator
