@@ -42,6 +42,8 @@ from diffrl.train.replay import StoredItems, make_online_buffer
 
 def main(cfg):
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # small networks on a CPU run fastest on one or two threads
     seed_everything(cfg.seed)
     run = start_run(cfg)
 

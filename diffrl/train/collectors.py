@@ -167,6 +167,8 @@ def make_collector(
     if device is not None:
         kwargs.setdefault("policy_device", device)
         kwargs.setdefault("storing_device", device)
+    # Feed-forward policies need no InitTracker; opting out keeps the env as built and silences TorchRL 0.14's notice.
+    kwargs.setdefault("auto_register_policy_transforms", False)
     if backend == "direct":
         collector = Collector(env_fn, policy, init_random_frames=init_random_frames, **kwargs)
     elif backend == "process":
@@ -178,6 +180,26 @@ def make_collector(
     if seed is not None:
         collector.set_seed(int(seed))
     return collector
+
+
+_RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "object_store_memory")
+
+
+def _resource_numbers(options: dict[str, Any]) -> dict[str, Any]:
+    """Numeric strings of Ray's resource options -> numbers.
+
+    YAML 1.1 (OmegaConf) reads exponent notation without a sign (``memory: 1e9``, ``5.0e8``) as a *string*, which Ray
+    rejects with a type error; the user meant a number.
+    """
+    out = dict(options)
+    for key in _RESOURCE_KEYS:
+        value = out.get(key)
+        if isinstance(value, str):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ValueError(f"collector ray option {key} must be a number, got {value!r}.") from None
+    return out
 
 
 def _ray_collector(opts: dict[str, Any], env_fn: Callable, policy: Any, init_random_frames: int,
@@ -192,16 +214,22 @@ def _ray_collector(opts: dict[str, Any], env_fn: Callable, policy: Any, init_ran
     from torchrl.collectors import Collector
 
     workers = opts["num_workers"]
-    ray_init = dict(_to_plain(opts["ray_init"]) or {})
-    ray_remote = _to_plain(opts["ray_remote"])
+    ray_init = _resource_numbers(dict(_to_plain(opts["ray_init"]) or {}))
+    ray_remote = _resource_numbers(dict(_to_plain(opts["ray_remote"]) or {}))
     options: dict[str, Any] = {"collector_class": Collector}
+    # RayCollector does not take this flag itself: its remote collectors do.
+    options["collector_kwargs"] = {"auto_register_policy_transforms": kwargs.pop("auto_register_policy_transforms")}
     if ray_init:
         options["ray_init_config"] = ray_init
     if ray_remote:
         options["remote_configs"] = dict(ray_remote)
     # RayCollector divides the total among its remote collectors itself.
-    return Collector(env_fn, policy, backend="ray", num_collectors=workers, sync=bool(opts["sync"]),
-                     init_random_frames=init_random_frames, backend_options=options, **kwargs)
+    collector = Collector(env_fn, policy, backend="ray", num_collectors=workers, sync=bool(opts["sync"]),
+                          init_random_frames=init_random_frames, backend_options=options, **kwargs)
+    # Its weight synchronisation starts lazily, at the first update: start it now so the workers act with the
+    # policy's current weights from the first batch on (and TorchRL does not warn about it).
+    collector.update_policy_weights_()
+    return collector
 
 
 class EpisodeTracker:
