@@ -25,6 +25,8 @@ from diffrl.train.o2o import O2OHook, OfflineToOnline
 
 
 def main(cfg):
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # small networks on a CPU run fastest on one thread
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     run = start_run(cfg)

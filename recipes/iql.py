@@ -26,6 +26,8 @@ from diffrl.train.o2o import OfflineToOnline
 
 
 def main(cfg):
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # small networks on a CPU run fastest on one thread
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     run = start_run(cfg)
