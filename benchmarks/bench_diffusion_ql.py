@@ -4,7 +4,8 @@ One update is the official order: critic loss, backward, gradient-norm clip, Ada
 critic, backward, clip, Adam step; target updates (critic Polyak every step, EMA actor on its schedule). Sizes:
 batch 256, state 17, action 6, T = 5, 3 x 256 Mish networks (actor noise net and both critics), as for hopper/walker.
 
-    python benchmarks/bench_diffusion_ql.py                     # twin_q critic, fast Mish, 2 threads
+    python benchmarks/bench_diffusion_ql.py                     # twin_q critic, the library's Mish wiring, 2 threads
+    python benchmarks/bench_diffusion_ql.py --mish fast         # diffrl.nn.activations.mish in actor and critics
     python benchmarks/bench_diffusion_ql.py --mish aten         # torch.nn.functional.mish everywhere
     python benchmarks/bench_diffusion_ql.py --critic single     # TorchRL single-Q network duplicated by vmap
     python benchmarks/bench_diffusion_ql.py --compile           # torch.compile the two loss terms
@@ -14,8 +15,9 @@ Prints the median updates/s over the repeats (and the range) with the load avera
 of this process (all its threads together). On a shared machine wall-clock numbers depend on the other processes;
 with ``--threads 1`` the CPU-time figure approximates the rate on an idle core. Compare variants within one run.
 
-``--mish fast`` swaps :func:`diffrl.nn.activations.mish` in for ``"mish"`` in ``diffrl.nn.mlp.ACTIVATIONS`` before the
-networks are built: the wiring a library default would make permanent.
+``--mish library`` (default) builds the networks as the library does: the actor's noise network trains with
+:func:`diffrl.nn.activations.mish`, the critics with whatever ``diffrl.nn.mlp.ACTIVATIONS["mish"]`` is. ``--mish fast``
+and ``--mish aten`` put one implementation in both places before the networks are built.
 """
 
 from __future__ import annotations
@@ -34,11 +36,17 @@ from diffrl import registry
 from diffrl.objectives.updaters import diffusion_ql_updater
 
 
-def use_fast_mish(enabled: bool) -> None:
+def set_mish(choice: str) -> None:
+    """Wire one Mish implementation into the noise network's and the MLPs' graph paths (``library``: leave both)."""
+    if choice == "library":
+        return
     import diffrl.nn.mlp as mlp
+    import diffrl.nn.noise_nets as noise_nets
     from diffrl.nn.activations import mish
 
-    mlp.ACTIVATIONS["mish"] = mish if enabled else torch.nn.functional.mish
+    chosen = mish if choice == "fast" else torch.nn.functional.mish
+    mlp.ACTIVATIONS["mish"] = chosen
+    noise_nets.fast_mish = chosen
 
 
 def build(args: argparse.Namespace):
@@ -90,7 +98,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="diffusion steps T")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--critic", choices=["twin_q", "single"], default="twin_q")
-    parser.add_argument("--mish", choices=["fast", "aten"], default="fast")
+    parser.add_argument("--mish", choices=["library", "fast", "aten"], default="library")
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss terms")
     parser.add_argument("--grad-norm", type=float, default=9.0, help="clip norm (<= 0: no clipping)")
     parser.add_argument("--threads", type=int, default=2)
@@ -103,7 +111,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="No target network updater")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    use_fast_mish(args.mish == "fast")
+    set_mish(args.mish)
     loss, actor_params, critic_params, optim_actor, optim_critic, updater = build(args)
     qvalue_loss, actor_loss = loss.qvalue_loss, loss.actor_loss
     if args.compile:

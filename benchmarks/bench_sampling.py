@@ -5,8 +5,9 @@ Measures, under ``torch.inference_mode`` (graph-free):
 * ``sample50``: one observation, 50 candidate actions (``actor.sample(obs, num_samples=50)``);
 * ``select50``: Diffusion-QL's full evaluation action: 50 candidates scored by a twin-Q critic (min of the two), one
   drawn by softmax (``QSelectionActor``);
-* ``generic50``: ``sample50`` through the generic model path (no ``bind`` fast path, ``aten::mish``), i.e. what a
-  straightforward per-step ``model(x_t, t, s)`` implementation costs on this machine;
+* ``generic50``: ``sample50`` through the generic model path (no ``bind`` fast path: the whole network, time
+  encoder and concatenation included, at every step), i.e. what a straightforward per-step ``model(x_t, t, s)``
+  implementation costs on this machine;
 * ``batch256``: 256 observations, one action each (actions per second);
 * ``batch256_grad``: the same with the graph kept and a backward pass (Diffusion-QL's policy-improvement sample).
 

@@ -27,7 +27,7 @@ from diffrl.data import load_dataset
 from diffrl.envs import make_env
 from diffrl.modules.q_selection import QSelectionActor
 from diffrl.objectives.updaters import diffusion_ql_updater
-from diffrl.train import resolve_device, run_recipe, seed_env, seed_everything, start_run
+from diffrl.train import normalized_score, resolve_device, run_recipe, seed_env, seed_everything, start_run
 from diffrl.train.o2o import O2OSettings, OfflineToOnline
 
 
@@ -94,9 +94,16 @@ def main(cfg):
                            progress_keys=("train/loss_qvalue", "train/bc_loss", "eval/return"))
     result = loop.run()
     dataset_return = float(rb.episode_returns.mean())
-    final = result.get("offline", {}).get("eval/return")
-    if final is not None:
-        print(f"diffusion_ql: final eval/return {final:.1f} vs dataset average return {dataset_return:.1f}", flush=True)
+    final = result.get("offline", {})
+    if "eval/return" in final:
+        line = f"diffusion_ql: final eval/return {final['eval/return']:.1f}"
+        if rb.has_reference_scores:
+            dataset_score = normalized_score(dataset_return, rb.ref_min_score, rb.ref_max_score)
+            line += f" (normalized {final['eval/normalized_score']:.1f})"
+        line += f" vs dataset average return {dataset_return:.1f}"
+        if rb.has_reference_scores:
+            line += f" (normalized {dataset_score:.1f})"
+        print(line, flush=True)
     run.close()
     return {**result, "dataset_return": dataset_return}
 

@@ -13,7 +13,8 @@ negative ``x`` gives ``e = 0``, ``d = 2``, ``mish = 0`` (to float32 rounding), a
 
 When a graph is recorded, the derivative is computed in the forward pass and saved instead of the input (one saved
 tensor, as ``F.mish`` saves one), so the backward pass is a single multiplication. Without a graph only the forward
-formula runs.
+formula runs. Used by the noise networks of :mod:`diffrl.nn.noise_nets` (their training path); under ``torch.vmap``
+the arithmetic runs out of place, since autograd then records the ops inside the function.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ def _exp_and_denominator(x: Tensor) -> tuple[Tensor, Tensor]:
     return e, d.mul_(d).add_(1.0)  # mul_ rather than square_: the latter has no vmap batching rule
 
 
+def _under_transform(x: Tensor) -> bool:
+    """Whether ``x`` is a torch.func wrapper (vmap's batched tensor...); True if that cannot be told (safe path)."""
+    if torch.compiler.is_compiling():
+        return False  # dynamo traces the function itself (and cannot trace the check below: a graph break)
+    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return True if check is None else bool(check(x))
+
+
 class _MishFunction(torch.autograd.Function):
     """Mish with its derivative precomputed in the forward pass (vmap- and compile-compatible form)."""
 
@@ -41,6 +50,13 @@ class _MishFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor) -> tuple[Tensor, Tensor]:
+        if _under_transform(x):
+            # Under torch.func transforms (vmap) the forward's ops on the underlying tensors are recorded by autograd:
+            # no in-place arithmetic on the intermediates it saves. Plain autograd records nothing in here.
+            e = x.clamp(max=_EXP_CAP).exp()
+            e1 = e + 1.0
+            r = (e1 * e1 + 1.0).reciprocal()
+            return torch.addcmul(x, x, r, value=-2.0), e1 * e * x * r * r * 4.0 - 2.0 * r + 1.0
         e, d = _exp_and_denominator(x)
         r = d.reciprocal_()
         y = torch.addcmul(x, x, r, value=-2.0)
@@ -77,8 +93,14 @@ def mish(x: Tensor) -> Tensor:
         >>> (g_ref,) = torch.autograd.grad(torch.nn.functional.mish(x).sum(), x)
         >>> bool(torch.allclose(g, g_ref, atol=1e-5))
         True
+        >>> xs = torch.randn(3, 4, requires_grad=True)  # under vmap too (e.g. a TorchRL critic ensemble)
+        >>> (g,) = torch.autograd.grad(torch.vmap(mish)(xs).sum(), xs)
+        >>> (g_ref,) = torch.autograd.grad(torch.nn.functional.mish(xs).sum(), xs)
+        >>> bool(torch.allclose(g, g_ref, atol=1e-6))
+        True
     """
-    if torch.is_grad_enabled() and x.requires_grad:
+    if (torch.is_grad_enabled() and x.requires_grad) or _under_transform(x):
+        # (a vmapped tensor hides requires_grad, and autograd below vmap would record the in-place path below)
         return _MishFunction.apply(x)[0]
     _, d = _exp_and_denominator(x)
     return torch.addcdiv(x, x, d, value=-2.0)

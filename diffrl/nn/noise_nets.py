@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffrl.nn.activations import mish as fast_mish
 from diffrl.nn.embeddings import FourierFeatures, SinusoidalEmbedding
 from diffrl.nn.mlp import MLP, _check_sizes, activation_fn, inplace_activation_fn
 
@@ -71,7 +72,9 @@ class ConditionalNoiseNet(nn.Module):
         sizes = (start, *_check_sizes(hidden_sizes, "hidden_sizes"), action_dim)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.activation = activation
-        self._act = activation_fn(activation)
+        # Training runs the trunk with a graph T + 1 times per actor update; aten's Mish is the costliest kernel there
+        # on CPU, so the graph path uses diffrl.nn.activations.mish (same values and gradients, about 2x faster).
+        self._act = fast_mish if activation == "mish" else activation_fn(activation)
         self._act_inplace = inplace_activation_fn(activation)
 
     def _trunk(self, h: Tensor) -> Tensor:

@@ -1,0 +1,118 @@
+"""The diffusion_ql recipe end to end: a command run from another directory, its metrics and checkpoints, an exact
+resume, and the per-task configs with the paper's per-dataset hyperparameters."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffrl.data import make_dataset
+from diffrl.data.generators import PENDULUM_REF_MAX, PENDULUM_REF_MIN
+from diffrl.train import load_config, read_metrics
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPE = RECIPES / "diffusion_ql.py"
+TINY = ["offline.steps=20", "eval.every=10", "eval.episodes=1", "data.batch_size=32", "logger.log_every=5",
+        "actor.hidden_sizes=[16,16]", "critic.hidden_sizes=[16,16]", "eval.selection.num_candidates=4",
+        "optim.targets.actor_start=5", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(minari_tmp_path):
+    """Three random Pendulum episodes with the pendulum reference scores."""
+    dataset_id = "test-dql/pendulum/random-v0"
+    make_dataset("Pendulum-v1", "random", dataset_id, num_episodes=3, seed=0, ref_min_score=PENDULUM_REF_MIN,
+                 ref_max_score=PENDULUM_REF_MAX)
+    return dataset_id
+
+
+def run_command(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DIFFRL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(RECIPE), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_recipe_runs_from_another_directory_and_writes_metrics_and_checkpoints(tiny_dataset, tmp_path):
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_command([*TINY, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], elsewhere)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2].startswith("diffusion_ql: 20 steps")
+    assert lines[-1].startswith("diffusion_ql: final eval/return") and "dataset average return" in lines[-1]
+    metrics = read_metrics(run_dir)
+    steps, scores = metrics["eval/normalized_score"]
+    assert steps.tolist() == [10, 20]
+    returns = metrics["eval/return"][1]
+    expected = 100 * (returns - PENDULUM_REF_MIN) / (PENDULUM_REF_MAX - PENDULUM_REF_MIN)
+    np.testing.assert_allclose(scores, expected, rtol=1e-4)
+    for key in ("train/loss_qvalue", "train/bc_loss", "train/q_term", "train/critic_grad_norm"):
+        assert metrics[key][0].tolist() == [5, 10, 15, 20], key
+    assert np.isin(metrics["train/maximised_critic"][1], [0, 1]).all()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000000010.pt", "step_000000020.pt"]
+    assert (run_dir / "config.yaml").is_file()
+    assert not any(elsewhere.iterdir())  # nothing written to the working directory
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("recipe_diffusion_ql", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resume_continues_to_the_same_result_as_an_uninterrupted_run(tiny_dataset, tmp_path, capsys):
+    main = load_recipe().main  # in this process: the command-line path is covered above, imports cost seconds
+    common = [*TINY, f"data.dataset_id={tiny_dataset}"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    main(load_config(RECIPE, [*common, f"logger.dir={straight}"]))
+    main(load_config(RECIPE, [*common, "offline.steps=10", f"logger.dir={split}"]))
+    capsys.readouterr()
+    result = main(load_config(RECIPE, [f"resume={split}", "offline.steps=20"]))
+    assert capsys.readouterr().out.strip().splitlines()[-2].startswith("diffusion_ql: 10 steps")  # 10 -> 20 here
+    assert result["steps"] == 20
+    a, b = read_metrics(straight), read_metrics(split)
+    for key in ("eval/return", "train/loss_qvalue", "train/loss_actor", "train/bc_loss", "train/target_value"):
+        assert a[key][0].tolist() == b[key][0].tolist(), key
+        np.testing.assert_allclose(b[key][1], a[key][1], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+PAPER = {  # file stem -> (eta, grad norm, actor lr, max-Q backup, steps): the official per-dataset table
+    "halfcheetah_medium": (1.0, 9.0, 3e-4, False, 2_000_000),
+    "hopper_medium": (1.0, 9.0, 3e-4, False, 2_000_000),
+    "walker2d_medium": (1.0, 1.0, 3e-4, False, 2_000_000),
+    "halfcheetah_medium_replay": (1.0, 2.0, 3e-4, False, 2_000_000),
+    "hopper_medium_replay": (1.0, 4.0, 3e-4, False, 2_000_000),
+    "walker2d_medium_replay": (1.0, 4.0, 3e-4, False, 2_000_000),
+    "antmaze_umaze": (0.5, 2.0, 3e-4, False, 1_000_000),
+    "antmaze_umaze_diverse": (2.0, 3.0, 3e-4, True, 1_000_000),
+    "antmaze_medium_play": (2.0, 2.0, 1e-3, True, 1_000_000),
+    "antmaze_medium_diverse": (3.0, 1.0, 3e-4, True, 1_000_000),
+    "antmaze_large_play": (4.5, 10.0, 3e-4, True, 1_000_000),
+    "antmaze_large_diverse": (3.5, 7.0, 3e-4, True, 1_000_000),
+}
+
+
+def test_every_per_task_config_loads_strictly_with_the_papers_hyperparameters():
+    files = {f.stem.removeprefix("diffusion_ql_"): f for f in (RECIPES / "configs").glob("diffusion_ql_*.yaml")}
+    assert set(files) == set(PAPER)
+    for stem, (eta, grad_norm, actor_lr, max_q, steps) in PAPER.items():
+        cfg = load_config(RECIPE, [f"config={files[stem].name}"])
+        got = (cfg.loss.eta, cfg.optim.grad_norm, cfg.optim.actor_lr, cfg.loss.max_q_backup, cfg.offline.steps)
+        assert got == (eta, grad_norm, actor_lr, max_q, steps), stem
+        assert cfg.optim.critic_lr == 3e-4 and cfg.gamma == 0.99 and cfg.data.batch_size == 256
+        assert cfg.actor.hidden_sizes == cfg.critic.hidden_sizes == [256, 256, 256] and cfg.actor.num_steps == 5
+        assert cfg.eval.selection.num_candidates == 50
+        if stem.startswith("antmaze"):  # (r - 0.5) * 4
+            assert cfg.data.dataset_id.startswith("D4RL/antmaze/")
+            assert (cfg.data.reward_scale, cfg.data.reward_bias) == (4.0, -2.0)
+        else:
+            assert (cfg.data.reward_scale, cfg.data.reward_bias) == (1.0, 0.0)
+        assert stem in cfg.logger.dir
