@@ -43,7 +43,7 @@ def test_contract_components_are_registered():
 
 
 def test_recipe_commands_name_files_that_exist():
-    """Every ``python recipes/X.py ... config=Y.yaml`` and ``python benchmarks/Z.py`` in the README points at a real file."""
+    """Every ``python recipes/X.py ... config=Y.yaml`` and ``python benchmarks/Z.py`` in the README exists."""
     root = README.parent
     text = README.read_text()
     scripts = set(re.findall(r"python ((?:recipes|benchmarks)/\w+\.py)", text))
