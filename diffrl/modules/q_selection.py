@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModuleBase
+from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.envs.utils import ExplorationType, exploration_type
+from torchrl.modules import ValueOperator
 
 __all__ = ["QSelectionActor"]
 
@@ -96,14 +97,24 @@ class QSelectionActor(TensorDictModuleBase):
         self.default_interaction_type = default_interaction_type
         self.in_keys = list(actor.in_keys)
         self.out_keys = list(actor.out_keys)
+        # A plain TensorDictModule critic reading (observation, action) and writing only value_key can be called on
+        # tensors directly; anything else (sequences, probabilistic or multi-output critics) goes through TensorDict.
+        reads = [self.in_keys[0], self.out_keys[0]]
+        keys_match = list(critic.in_keys) == reads and list(critic.out_keys) == [value_key]
+        direct = type(critic) in (TensorDictModule, ValueOperator) and keys_match
+        self._direct_critic = critic.module if direct else None
 
     def scores(self, observation: Tensor, candidates: Tensor) -> Tensor:
         """Reduced critic values ``[*B, N]`` of candidates ``[*B, N, A]`` at observations ``[*B, S]``."""
         obs = observation.unsqueeze(-2).expand(*candidates.shape[:-1], observation.shape[-1])
-        td = TensorDict(
-            {self.actor.in_keys[0]: obs, self.actor.out_keys[0]: candidates}, batch_size=candidates.shape[:-1]
-        )
-        values = self.critic(td).get(self.value_key)
+        if self._direct_critic is not None:
+            # One tensor call, no TensorDict round trip: that costs more than the critic itself at 50 candidates.
+            values = self._direct_critic(obs, candidates)
+        else:
+            td = TensorDict(
+                {self.actor.in_keys[0]: obs, self.actor.out_keys[0]: candidates}, batch_size=candidates.shape[:-1]
+            )
+            values = self.critic(td).get(self.value_key)
         if values.shape[: candidates.ndim - 1] != candidates.shape[:-1] or values.ndim != candidates.ndim:
             raise ValueError(
                 f"the critic's {self.value_key!r} must have shape [*B, N, members] for candidates of shape "
