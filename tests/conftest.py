@@ -17,3 +17,17 @@ def minari_tmp_path(tmp_path_factory):
     patch.setenv("MINARI_DATASETS_PATH", str(path))
     yield path
     patch.undo()
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny networks run fastest that way, and immune to a busy CPU's thread contention.
+
+    Opt in per module with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

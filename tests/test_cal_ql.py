@@ -18,16 +18,7 @@ from diffrl.objectives.cal_ql import CalQLLoss
 
 OBS, ACT, HIDDEN, BATCH = 3, 2, 32, 32
 
-pytestmark = pytest.mark.filterwarnings("ignore:No target network updater")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread, and intra-op threads thrash on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:No target network updater"), pytest.mark.usefixtures("one_thread")]
 
 
 def make_actor(obs_dim: int = OBS, action_dim: int = ACT) -> ProbabilisticActor:

@@ -17,14 +17,7 @@ from diffrl.train.replay import BatchMixer, StoredItems, make_online_buffer
 
 OFFLINE_MC = 7.0  # every offline transition carries this mc_return: a batch's online items are those with mc_return 0
 EPISODE = 5  # env episode length in these tests (fast)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def marked_buffer(value: float, n: int, extra: dict | None = None) -> TensorDictReplayBuffer:

@@ -27,15 +27,7 @@ from diffrl.train.collectors import EpisodeTracker, make_collector, make_env_fn
 
 OBS, ACT = 3, 2
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "qsm.py"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: one thread is faster, and immune to a loaded machine's thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class QuadraticCritic(TensorDictModuleBase):

@@ -31,14 +31,7 @@ TINY = ["offline.steps=20", "online.steps=30", "online.retrain_every=10", "eval.
         "data.batch_size=32", "logger.log_every=10", "logger.keep=10", "env.max_episode_steps=50",
         "actor.hidden_sizes=[32, 32]", "critic.hidden_sizes=[32, 32]",
         *(f"edis.{key}={value}" for key, value in TINY_EDIS.items())]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,7 @@ from diffrl.objectives.torchrl_losses import TorchRLCQLLoss
 
 OBS, ACT, HIDDEN, BATCH = 3, 2, 32, 32
 SPEC = Bounded(-1.0, 1.0, (ACT,))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread, and intra-op threads thrash on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tanh_normal_actor() -> ProbabilisticActor:
