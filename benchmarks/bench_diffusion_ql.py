@@ -51,15 +51,19 @@ def set_mish(choice: str) -> None:
 
 def build(args: argparse.Namespace):
     actor = registry.build(
-        "actor", {"name": "diffusion", "hidden_sizes": [args.hidden] * 3, "num_steps": args.steps},
-        obs_dim=args.obs, action_dim=args.act,
+        "actor",
+        {"name": "diffusion", "hidden_sizes": [args.hidden] * 3, "num_steps": args.steps},
+        obs_dim=args.obs,
+        action_dim=args.act,
     )
     if args.critic == "twin_q":
-        critic = registry.build("critic", {"name": "twin_q", "hidden_sizes": [args.hidden] * 3},
-                                obs_dim=args.obs, action_dim=args.act)
+        critic = registry.build(
+            "critic", {"name": "twin_q", "hidden_sizes": [args.hidden] * 3}, obs_dim=args.obs, action_dim=args.act
+        )
     else:
-        net = MLP(in_features=args.obs + args.act, out_features=1, num_cells=[args.hidden] * 3,
-                  activation_class=torch.nn.Mish)
+        net = MLP(
+            in_features=args.obs + args.act, out_features=1, num_cells=[args.hidden] * 3, activation_class=torch.nn.Mish
+        )
         critic = ValueOperator(net, ["observation", "action"])
     loss = registry.build("loss", {"name": "diffusion_ql", "eta": 1.0}, actor_network=actor, qvalue_network=critic)
     loss.make_value_estimator(gamma=0.99)
@@ -77,16 +81,21 @@ def make_batches(args: argparse.Namespace, count: int = 8) -> list[TensorDict]:
     batches = []
     for _ in range(count):
         b = args.batch
-        batches.append(TensorDict({
-            "observation": torch.randn(b, args.obs),
-            "action": torch.rand(b, args.act) * 2 - 1,
-            "next": {
-                "observation": torch.randn(b, args.obs),
-                "reward": torch.randn(b, 1),
-                "done": torch.zeros(b, 1, dtype=torch.bool),
-                "terminated": torch.zeros(b, 1, dtype=torch.bool),
-            },
-        }, batch_size=[b]))
+        batches.append(
+            TensorDict(
+                {
+                    "observation": torch.randn(b, args.obs),
+                    "action": torch.rand(b, args.act) * 2 - 1,
+                    "next": {
+                        "observation": torch.randn(b, args.obs),
+                        "reward": torch.randn(b, 1),
+                        "done": torch.zeros(b, 1, dtype=torch.bool),
+                        "terminated": torch.zeros(b, 1, dtype=torch.bool),
+                    },
+                },
+                batch_size=[b],
+            )
+        )
     return batches
 
 

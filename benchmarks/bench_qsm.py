@@ -58,42 +58,65 @@ def measure(fn: Callable[[], object], iters: int, repeats: int, warmup: int) -> 
 
 def build(args: argparse.Namespace, obs_dim: int, action_dim: int):
     """Actor, critic, loss, optimizers, lr schedule and target updater, as recipes/qsm.py builds them."""
-    actor = registry.build("actor", {"name": "diffusion", "network": "qsm", "sampler": "qsm", "num_steps": args.steps,
-                                     "hidden_sizes": [args.hidden] * 2,
-                                     "network_kwargs": {"time_hidden": [args.time_hidden] * 2}},
-                           obs_dim=obs_dim, action_dim=action_dim)
-    critic = registry.build("critic", {"name": "twin_q", "hidden_sizes": [args.critic_hidden] * 2,
-                                       "activation": "relu"}, obs_dim=obs_dim, action_dim=action_dim)
+    actor = registry.build(
+        "actor",
+        {
+            "name": "diffusion",
+            "network": "qsm",
+            "sampler": "qsm",
+            "num_steps": args.steps,
+            "hidden_sizes": [args.hidden] * 2,
+            "network_kwargs": {"time_hidden": [args.time_hidden] * 2},
+        },
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+    )
+    critic = registry.build(
+        "critic",
+        {"name": "twin_q", "hidden_sizes": [args.critic_hidden] * 2, "activation": "relu"},
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+    )
     loss = registry.build("loss", {"name": "qsm", "gamma": 0.99}, actor_network=actor, qvalue_network=critic)
     actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=3e-4)
     critic_optim = torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=3e-4)
     decay = 2_000_000
-    schedule = torch.optim.lr_scheduler.LambdaLR(actor_optim, lambda u: 0.5 * (1 + math.cos(math.pi * min(u, decay)
-                                                                                           / decay)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        actor_optim, lambda u: 0.5 * (1 + math.cos(math.pi * min(u, decay) / decay))
+    )
     return actor, loss, actor_optim, critic_optim, schedule, SoftUpdate(loss, tau=0.005)
 
 
 def make_batches(batch: int, obs_dim: int, action_dim: int, count: int = 8) -> list[TensorDict]:
     """A few replay-like batches, cycled through (no sampling or host copies inside the timed loop)."""
-    return [TensorDict({
-        "observation": torch.randn(batch, obs_dim),
-        "action": torch.rand(batch, action_dim) * 2 - 1,
-        ("next", "observation"): torch.randn(batch, obs_dim),
-        ("next", "reward"): torch.randn(batch, 1),
-        ("next", "done"): torch.zeros(batch, 1, dtype=torch.bool),
-        ("next", "terminated"): torch.zeros(batch, 1, dtype=torch.bool),
-    }, [batch]) for _ in range(count)]
+    return [
+        TensorDict(
+            {
+                "observation": torch.randn(batch, obs_dim),
+                "action": torch.rand(batch, action_dim) * 2 - 1,
+                ("next", "observation"): torch.randn(batch, obs_dim),
+                ("next", "reward"): torch.randn(batch, 1),
+                ("next", "done"): torch.zeros(batch, 1, dtype=torch.bool),
+                ("next", "terminated"): torch.zeros(batch, 1, dtype=torch.bool),
+            },
+            [batch],
+        )
+        for _ in range(count)
+    ]
 
 
 def row(name: str, walls: list[float], cpus: list[float], unit: str) -> str:
     """A table row: rate (updates/s) or latency (ms), median and range over repeats, and per CPU-second."""
     if unit == "updates/s":
         values, cpu = sorted(1 / w for w in walls), 1 / statistics.median(cpus)
-        return (f"{name:<46} {statistics.median(values):9.1f} {unit:<10} [{values[0]:.1f}-{values[-1]:.1f}]"
-                f"   {cpu:9.1f} per CPU-s")
+        return (
+            f"{name:<46} {statistics.median(values):9.1f} {unit:<10} [{values[0]:.1f}-{values[-1]:.1f}]"
+            f"   {cpu:9.1f} per CPU-s"
+        )
     values, cpu = sorted(1e3 * w for w in walls), 1e3 * statistics.median(cpus)
-    return (f"{name:<46} {statistics.median(values):9.2f} {unit:<10} [{values[0]:.2f}-{values[-1]:.2f}]"
-            f"   {cpu:9.2f} CPU-ms")
+    return (
+        f"{name:<46} {statistics.median(values):9.2f} {unit:<10} [{values[0]:.2f}-{values[-1]:.2f}]   {cpu:9.2f} CPU-ms"
+    )
 
 
 def main() -> None:
@@ -154,8 +177,9 @@ def main() -> None:
     lines.append(row(f"policy, 1 obs ({obs_dim}->{action_dim})", walls, cpus, "ms"))
     for name, random_frames in (("random actions", 10**9), ("diffusion policy", 0)):
         total = (args.warmup + 10 * args.iters * args.repeats) * 2
-        collector = make_collector({"frames_per_batch": 1}, env_fn, policy, total_frames=total,
-                                   init_random_frames=random_frames, seed=0)
+        collector = make_collector(
+            {"frames_per_batch": 1}, env_fn, policy, total_frames=total, init_random_frames=random_frames, seed=0
+        )
         batches_iter = iter(collector)
         try:
             walls, cpus = measure(lambda it=batches_iter: next(it), 10 * args.iters, args.repeats, args.warmup)
@@ -164,9 +188,11 @@ def main() -> None:
         lines.append(row(f"env step, {args.env}, {name}", walls, cpus, "ms"))
 
     load = os.getloadavg()
-    print(f"QSM on CPU: batch {args.batch}, state {args.obs}, action {args.act}, T={args.steps}, actor "
-          f"{args.hidden}x2 (time {args.time_hidden}x2), critics 2 x {args.critic_hidden}x2; torch "
-          f"{torch.__version__}, {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"QSM on CPU: batch {args.batch}, state {args.obs}, action {args.act}, T={args.steps}, actor "
+        f"{args.hidden}x2 (time {args.time_hidden}x2), critics 2 x {args.critic_hidden}x2; torch "
+        f"{torch.__version__}, {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     print(f"{'':<46} {'median':>9} {'':<10} [range over {args.repeats} repeats]")
     print("\n".join(lines))
 

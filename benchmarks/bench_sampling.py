@@ -89,8 +89,10 @@ def main() -> None:
         rows.append(("batch256", *timeit(lambda: actor.sample(obs_batch), args.iters // 4, args.repeats)))
     rows.append(("batch256_grad", *timeit(grad256, args.iters // 10, args.repeats, warmup=3)))
 
-    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, T={actor.num_steps}, "
-          f"state {OBS_DIM}, action {ACTION_DIM}, candidates {CANDIDATES}, batch {BATCH}")
+    print(
+        f"torch {torch.__version__}, threads={torch.get_num_threads()}, T={actor.num_steps}, "
+        f"state {OBS_DIM}, action {ACTION_DIM}, candidates {CANDIDATES}, batch {BATCH}"
+    )
     print(f"load average (1 min) before the run: {load:.2f}")
     print(f"{'case':<15}{'median ms':>11}{'min ms':>9}{'cpu ms':>9}  throughput (median wall)")
     for name, median, best, cpu in rows:

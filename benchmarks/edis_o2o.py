@@ -46,8 +46,21 @@ PAIRS = (("calql", "edis_calql"), ("iql", "edis_iql"))
 LABELS = {"calql": "Cal-QL", "edis_calql": "Cal-QL+EDIS", "iql": "IQL", "edis_iql": "IQL+EDIS"}
 SCORE = "eval/normalized_score"
 # Settings a base recipe and its EDIS variant must share for the comparison to be about EDIS alone.
-SHARED_KEYS = ("data", "actor", "critic", "value", "loss", "optim", "gamma", "offline.steps", "online.steps",
-               "online.utd_ratio", "online.frames_per_batch", "online.cql_alpha", "eval")
+SHARED_KEYS = (
+    "data",
+    "actor",
+    "critic",
+    "value",
+    "loss",
+    "optim",
+    "gamma",
+    "offline.steps",
+    "online.steps",
+    "online.utd_ratio",
+    "online.frames_per_batch",
+    "online.cql_alpha",
+    "eval",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,13 +73,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-episodes", type=int, default=5, help="eval.episodes of every run")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "edis_o2o")
-    parser.add_argument("-o", "--override", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
-                        help="recipe override passed to every method, or to one with a METHOD: prefix "
-                             "(e.g. -o edis_iql:online.extra_updates=20); repeatable")
+    parser.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="[METHOD:]KEY=VALUE",
+        help="recipe override passed to every method, or to one with a METHOD: prefix "
+        "(e.g. -o edis_iql:online.extra_updates=20); repeatable",
+    )
     parser.add_argument("--report-only", action="store_true", help="only aggregate the runs already in --out")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
-    parser.add_argument("--keep-checkpoints", action="store_true",
-                        help="keep the checkpoints of finished runs (default: deleted once the run is done)")
+    parser.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep the checkpoints of finished runs (default: deleted once the run is done)",
+    )
     args = parser.parse_args(argv)
     if len(args.seeds) != len(set(args.seeds)):
         parser.error(f"--seeds must be distinct, got {args.seeds}")
@@ -86,7 +108,7 @@ def overrides_for(method: str, raw: list[str]) -> list[str]:
         prefix, colon, rest = key.partition(":")
         if colon and prefix in METHODS:
             if prefix == method:
-                out.append(item[len(prefix) + 1:])
+                out.append(item[len(prefix) + 1 :])
         elif colon:
             raise SystemExit(f"error: override {item!r}: {prefix!r} is not a method; methods are {', '.join(METHODS)}")
         else:
@@ -109,9 +131,16 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict | None:
     if done.exists():
         print(f"[skip] {name}: finished earlier", flush=True)
         return json.loads(done.read_text())
-    argv = [f"seed={seed}", f"data.dataset_id={args.dataset}", f"offline.steps={args.offline_steps}",
-            f"online.steps={args.online_steps}", f"eval.every={args.eval_every}", f"eval.episodes={args.eval_episodes}",
-            "eval.exploration=deterministic", "logger.backend=csv"]
+    argv = [
+        f"seed={seed}",
+        f"data.dataset_id={args.dataset}",
+        f"offline.steps={args.offline_steps}",
+        f"online.steps={args.online_steps}",
+        f"eval.every={args.eval_every}",
+        f"eval.episodes={args.eval_episodes}",
+        "eval.exploration=deterministic",
+        "logger.backend=csv",
+    ]
     if recipe_has_key(method, "threads"):
         argv.append("threads=1")
     argv += overrides_for(method, args.override)
@@ -135,8 +164,14 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict | None:
         print(f"[fail] {name}: exit status {code} after {seconds:.0f} s, see {log_path}", flush=True)
         return None
     summary = [line for line in log_path.read_text().splitlines() if line.strip()]
-    record = {"method": method, "seed": seed, "seconds": seconds, "cpu_seconds": cpu, "resumed": what == "resume",
-              "summary": summary[-1] if summary else ""}
+    record = {
+        "method": method,
+        "seed": seed,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "resumed": what == "resume",
+        "summary": summary[-1] if summary else "",
+    }
     done.write_text(json.dumps(record, indent=1))
     if not args.keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished run
@@ -168,12 +203,18 @@ def collect(args: argparse.Namespace) -> dict[str, dict[int, dict]]:
             offline_steps = int(config["offline"]["steps"])
             at_switch = scores[steps == offline_steps]
             out.setdefault(method, {})[seed] = {
-                "steps": steps, "scores": scores, "config": config,
+                "steps": steps,
+                "scores": scores,
+                "config": config,
                 "offline": float(at_switch[-1]) if at_switch.size else float("nan"),
-                "online": float(scores[-1]) if steps[-1] == offline_steps + int(config["online"]["steps"])
+                "online": float(scores[-1])
+                if steps[-1] == offline_steps + int(config["online"]["steps"])
                 else float("nan"),
-                **{k: v for k, v in json.loads((run_dir / "done.json").read_text()).items()
-                   if k in ("seconds", "cpu_seconds")},
+                **{
+                    k: v
+                    for k, v in json.loads((run_dir / "done.json").read_text()).items()
+                    if k in ("seconds", "cpu_seconds")
+                },
             }
     return out
 
@@ -208,11 +249,14 @@ def _mean_std(values: list[float]) -> str:
 
 
 def table(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str:
-    lines = [f"EDIS offline-to-online on `{args.dataset}`: normalized score (mean ± sample std over seeds), "
-             f"{args.offline_steps} offline updates + {args.online_steps} online env steps, "
-             f"{args.eval_episodes} deterministic evaluation episodes.", "",
-             "| method | seeds | end of offline | end of online | online gain | wall s / run | CPU s / run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"EDIS offline-to-online on `{args.dataset}`: normalized score (mean ± sample std over seeds), "
+        f"{args.offline_steps} offline updates + {args.online_steps} online env steps, "
+        f"{args.eval_episodes} deterministic evaluation episodes.",
+        "",
+        "| method | seeds | end of offline | end of online | online gain | wall s / run | CPU s / run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for method in args.methods:
         runs = results.get(method, {})
         if not runs:
@@ -223,15 +267,19 @@ def table(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str:
         gain = [b - a for a, b in zip(off, on)]
         wall = np.mean([r["seconds"] for r in runs.values()])
         cpu = np.mean([r.get("cpu_seconds", np.nan) for r in runs.values()])
-        lines.append(f"| {LABELS[method]} | {len(runs)} ({', '.join(map(str, sorted(runs)))}) | {_mean_std(off)} | "
-                     f"{_mean_std(on)} | {_mean_std(gain)} | {wall:.0f} | {cpu:.0f} |")
+        lines.append(
+            f"| {LABELS[method]} | {len(runs)} ({', '.join(map(str, sorted(runs)))}) | {_mean_std(off)} | "
+            f"{_mean_std(on)} | {_mean_std(gain)} | {wall:.0f} | {cpu:.0f} |"
+        )
     for base, edis in PAIRS:
         common = sorted(set(results.get(base, {})) & set(results.get(edis, {})))
         if common:
             diff = [results[edis][s]["online"] - results[base][s]["online"] for s in common]
             lines.append("")
-            lines.append(f"{LABELS[edis]} - {LABELS[base]} at the end of online, paired by seed: {_mean_std(diff)} "
-                         f"(per seed: {', '.join(f'{d:+.1f}' for d in diff)})")
+            lines.append(
+                f"{LABELS[edis]} - {LABELS[base]} at the end of online, paired by seed: {_mean_std(diff)} "
+                f"(per seed: {', '.join(f'{d:+.1f}' for d in diff)})"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -274,8 +322,13 @@ def report(args: argparse.Namespace) -> str:
     if problems:
         text += "\nConfig mismatches between base and EDIS runs:\n" + "\n".join(f"- {p}" for p in problems) + "\n"
     keys = ("offline", "online", "seconds", "cpu_seconds")
-    summary = {m: {str(s): {**{k: r.get(k) for k in keys}, "steps": r["steps"].tolist(), "scores": r["scores"].tolist()}
-                   for s, r in runs.items()} for m, runs in results.items()}
+    summary = {
+        m: {
+            str(s): {**{k: r.get(k) for k in keys}, "steps": r["steps"].tolist(), "scores": r["scores"].tolist()}
+            for s, r in runs.items()
+        }
+        for m, runs in results.items()
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(text)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -34,16 +34,23 @@ def main(cfg):
     # Data and envs: the dataset carries mc_return (calibration), observation statistics and reference scores. Online
     # rewards get the dataset's reward transform; evaluation sees raw rewards, comparable to the reference scores.
     rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
-    env = make_env(cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps,
-                   keep_raw_reward=True)
-    eval_env = make_env(cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps,
-                        transform_reward=False)
+    env = make_env(
+        cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps, keep_raw_reward=True
+    )
+    eval_env = make_env(
+        cfg.env.name,
+        from_dataset=rb,
+        device=device,
+        max_episode_steps=cfg.env.max_episode_steps,
+        transform_reward=False,
+    )
     seed_env(eval_env, seed_env(env, cfg.seed))
 
     # Tanh-Gaussian actor within the env's bounds, a single Q network the loss copies num_qvalue_nets times.
     space = env.action_spec.space
-    actor = registry.build("actor", cfg.actor, obs_dim=rb.obs_dim, action_dim=rb.action_dim,
-                           action_low=space.low, action_high=space.high).to(device)
+    actor = registry.build(
+        "actor", cfg.actor, obs_dim=rb.obs_dim, action_dim=rb.action_dim, action_low=space.low, action_high=space.high
+    ).to(device)
     critic = registry.build("critic", cfg.critic, obs_dim=rb.obs_dim, action_dim=rb.action_dim).to(device)
     loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic)
     loss.make_value_estimator(gamma=cfg.gamma)
@@ -70,9 +77,18 @@ def main(cfg):
 
     switch = O2OHook(on_switch=lambda loop: loss.switch_to_online(cfg.online.cql_alpha))
     state = {"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}}
-    loop = OfflineToOnline(cfg, update=update, offline_rb=rb, env=env, eval_env=eval_env, policy=actor, run=run,
-                           checkpoint=state,
-                           hooks=[switch], name="calql")
+    loop = OfflineToOnline(
+        cfg,
+        update=update,
+        offline_rb=rb,
+        env=env,
+        eval_env=eval_env,
+        policy=actor,
+        run=run,
+        checkpoint=state,
+        hooks=[switch],
+        name="calql",
+    )
     result = loop.run()
     run.close()
     return result

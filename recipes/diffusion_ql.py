@@ -74,8 +74,14 @@ def main(cfg):
         optim_actor.step()
         updater.step()
         metrics.pop("td_error")
-        return {"loss_qvalue": loss_qvalue.detach(), "loss_actor": loss_actor.detach(), **metrics, **actor_metrics,
-                "critic_grad_norm": critic_grad_norm, "actor_grad_norm": actor_grad_norm}
+        return {
+            "loss_qvalue": loss_qvalue.detach(),
+            "loss_actor": loss_actor.detach(),
+            **metrics,
+            **actor_metrics,
+            "critic_grad_norm": critic_grad_norm,
+            "actor_grad_norm": actor_grad_norm,
+        }
 
     # Evaluation policy: the online actor's candidates scored by the target critics.
     select = QSelectionActor(actor, critic, **cfg.eval.selection)
@@ -85,13 +91,27 @@ def main(cfg):
             return select(td)
 
     settings = O2OSettings(
-        offline_steps=cfg.offline.steps, online_steps=0, batch_size=cfg.data.batch_size, eval_every=cfg.eval.every,
-        eval_episodes=cfg.eval.episodes, eval_exploration="random", log_every=cfg.logger.log_every,
+        offline_steps=cfg.offline.steps,
+        online_steps=0,
+        batch_size=cfg.data.batch_size,
+        eval_every=cfg.eval.every,
+        eval_episodes=cfg.eval.episodes,
+        eval_exploration="random",
+        log_every=cfg.logger.log_every,
     )
     state = {"loss": loss, "optim_actor": optim_actor, "optim_critic": optim_critic, "updater": updater}
-    loop = OfflineToOnline(settings, update=update, offline_rb=rb, env=eval_env, eval_env=eval_env, policy=policy,
-                           run=run, checkpoint=state, name="diffusion_ql",
-                           progress_keys=("train/loss_qvalue", "train/bc_loss", "eval/return"))
+    loop = OfflineToOnline(
+        settings,
+        update=update,
+        offline_rb=rb,
+        env=eval_env,
+        eval_env=eval_env,
+        policy=policy,
+        run=run,
+        checkpoint=state,
+        name="diffusion_ql",
+        progress_keys=("train/loss_qvalue", "train/bc_loss", "eval/return"),
+    )
     result = loop.run()
     dataset_return = float(rb.episode_returns.mean())
     final = result.get("offline", {})

@@ -40,8 +40,13 @@ def main(cfg):
     # rewards get the dataset's reward transform; evaluation sees raw rewards, comparable to the reference scores.
     rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
     env = make_env(cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps)
-    eval_env = make_env(cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps,
-                        transform_reward=False)
+    eval_env = make_env(
+        cfg.env.name,
+        from_dataset=rb,
+        device=device,
+        max_episode_steps=cfg.env.max_episode_steps,
+        transform_reward=False,
+    )
     seed_env(eval_env, seed_env(env, cfg.seed))
 
     # Cal-QL: tanh-Gaussian actor within the env's bounds, one Q network the loss copies num_qvalue_nets times.
@@ -76,10 +81,23 @@ def main(cfg):
 
     switch = O2OHook(on_switch=lambda loop: loss.switch_to_online(cfg.online.cql_alpha))
     generator = EDISHook(edis, actor, every=cfg.online.retrain_every, extra_updates=cfg.online.extra_updates)
-    loop = OfflineToOnline(cfg, update=update, offline_rb=rb, env=env, eval_env=eval_env, policy=actor, run=run,
-                           checkpoint={"loss": loss, "updater": updater, "edis": generator,
-                                       **{f"optim_{k}": v for k, v in optims.items()}},
-                           hooks=[switch, generator], name="edis_calql")
+    loop = OfflineToOnline(
+        cfg,
+        update=update,
+        offline_rb=rb,
+        env=env,
+        eval_env=eval_env,
+        policy=actor,
+        run=run,
+        checkpoint={
+            "loss": loss,
+            "updater": updater,
+            "edis": generator,
+            **{f"optim_{k}": v for k, v in optims.items()},
+        },
+        hooks=[switch, generator],
+        name="edis_calql",
+    )
     result = loop.run()
     run.close()
     return result

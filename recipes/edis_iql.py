@@ -40,8 +40,13 @@ def main(cfg):
     # dataset's reference scores.
     rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
     env = make_env(cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps)
-    eval_env = make_env(cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps,
-                        transform_reward=False)
+    eval_env = make_env(
+        cfg.env.name,
+        from_dataset=rb,
+        device=device,
+        max_episode_steps=cfg.env.max_episode_steps,
+        transform_reward=False,
+    )
     seed_env(eval_env, seed_env(env, cfg.seed))
 
     # IQL: a stochastic actor that scores dataset actions, one Q network (copied num_qvalue_nets times), V(s).
@@ -74,10 +79,23 @@ def main(cfg):
         return out.detach()
 
     generator = EDISHook(edis, actor, every=cfg.online.retrain_every, extra_updates=cfg.online.extra_updates)
-    loop = OfflineToOnline(cfg, update=update, offline_rb=rb, env=env, eval_env=eval_env, policy=actor, run=run,
-                           checkpoint={"loss": loss, "updater": updater, "edis": generator,
-                                       **{f"optim_{k}": v for k, v in optims.items()}},
-                           hooks=[generator], name="edis_iql")
+    loop = OfflineToOnline(
+        cfg,
+        update=update,
+        offline_rb=rb,
+        env=env,
+        eval_env=eval_env,
+        policy=actor,
+        run=run,
+        checkpoint={
+            "loss": loss,
+            "updater": updater,
+            "edis": generator,
+            **{f"optim_{k}": v for k, v in optims.items()},
+        },
+        hooks=[generator],
+        name="edis_iql",
+    )
     result = loop.run()
     run.close()
     return result

@@ -35,10 +35,16 @@ def main(cfg):
     # Data and envs: online rewards get the dataset's reward transform; evaluation sees raw rewards, comparable to the
     # dataset's reference scores.
     rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
-    env = make_env(cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps,
-                   keep_raw_reward=True)
-    eval_env = make_env(cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps,
-                        transform_reward=False)
+    env = make_env(
+        cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps, keep_raw_reward=True
+    )
+    eval_env = make_env(
+        cfg.env.name,
+        from_dataset=rb,
+        device=device,
+        max_episode_steps=cfg.env.max_episode_steps,
+        transform_reward=False,
+    )
     seed_env(eval_env, seed_env(env, cfg.seed))
 
     # A stochastic actor that scores dataset actions, a single Q network (the loss makes num_qvalue_nets copies), V(s).
@@ -68,9 +74,17 @@ def main(cfg):
         return out.detach()
 
     state = {"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}}
-    loop = OfflineToOnline(cfg, update=update, offline_rb=rb, env=env, eval_env=eval_env, policy=actor, run=run,
-                           checkpoint=state,
-                           name="iql")
+    loop = OfflineToOnline(
+        cfg,
+        update=update,
+        offline_rb=rb,
+        env=env,
+        eval_env=eval_env,
+        policy=actor,
+        run=run,
+        checkpoint=state,
+        name="iql",
+    )
     result = loop.run()
     run.close()
     return result

@@ -51,8 +51,7 @@ def main(cfg):
     env_options = {"max_episode_steps": cfg.env.max_episode_steps, "keep_raw_reward": True}
     env_fn = make_env_fn(cfg.env.name, reward_scale=cfg.env.reward_scale, **env_options)
     eval_env = make_env_fn(cfg.env.name, transform_reward=False, seed=cfg.seed + 10_000, **env_options)()
-    dims = {"obs_dim": eval_env.observation_spec["observation"].shape[-1],
-            "action_dim": eval_env.action_spec.shape[-1]}
+    dims = {"obs_dim": eval_env.observation_spec["observation"].shape[-1], "action_dim": eval_env.action_spec.shape[-1]}
 
     # Networks and loss: a diffusion actor, an ensemble of critics, QSM's score-matching and TD(0) terms.
     actor = registry.build("actor", cfg.actor, **dims).to(device)
@@ -62,23 +61,42 @@ def main(cfg):
     critic_optim = torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr)
     decay = cfg.optim.actor_lr_decay_steps  # cosine to 0 over `decay` updates, then 0 (optax's cosine_decay_schedule)
     actor_schedule = torch.optim.lr_scheduler.LambdaLR(
-        actor_optim, lambda u: 0.5 * (1 + math.cos(math.pi * min(u, decay) / decay)) if decay > 0 else 1.0)
+        actor_optim, lambda u: 0.5 * (1 + math.cos(math.pi * min(u, decay) / decay)) if decay > 0 else 1.0
+    )
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
 
     # Exploration: the stochastic sampler plus clipped Gaussian noise; the buffer keeps what the loss reads.
-    exploration_policy = TensorDictSequential(actor, AdditiveGaussianModule(
-        eval_env.action_spec, sigma_init=cfg.online.exploration_noise, sigma_end=cfg.online.exploration_noise))
+    exploration_policy = TensorDictSequential(
+        actor,
+        AdditiveGaussianModule(
+            eval_env.action_spec, sigma_init=cfg.online.exploration_noise, sigma_end=cfg.online.exploration_noise
+        ),
+    )
     rb = make_online_buffer(cfg.online.buffer_size, device)
     episodes = EpisodeTracker(reward_key=("next", "raw_reward"))
-    state = {"loss": loss, "actor_optim": actor_optim, "critic_optim": critic_optim, "actor_schedule": actor_schedule,
-             "updater": updater, "rb": StoredItems(rb), "episodes": episodes, "eval_env": eval_env}
+    state = {
+        "loss": loss,
+        "actor_optim": actor_optim,
+        "critic_optim": critic_optim,
+        "actor_schedule": actor_schedule,
+        "updater": updater,
+        "rb": StoredItems(rb),
+        "episodes": episodes,
+        "eval_env": eval_env,
+    }
     step = run.resume(**state)
     counters = run.resumed.get("counters", {"updates": 0, "credit": 0.0})
     updates, credit = counters["updates"], counters["credit"]
 
-    collector = make_collector(cfg.collector, env_fn, exploration_policy, total_frames=cfg.online.steps - step,
-                               init_random_frames=cfg.online.random_steps - step, device=device,
-                               seed=cfg.seed + step)  # a resumed run does not replay the first run's episodes
+    collector = make_collector(
+        cfg.collector,
+        env_fn,
+        exploration_policy,
+        total_frames=cfg.online.steps - step,
+        init_random_frames=cfg.online.random_steps - step,
+        device=device,
+        seed=cfg.seed + step,
+    )  # a resumed run does not replay the first run's episodes
     bar = make_progress(cfg.online.steps, "qsm", initial=step, keys=["loss_qvalue", "loss_actor", "eval/return"])
     timer, start, metrics = Timer(), step, {}
 
@@ -108,13 +126,22 @@ def main(cfg):
                 updater.step()
                 updates, credit = updates + 1, credit - 1.0
                 q_info.pop("td_error")
-                metrics = {"loss_qvalue": loss_qvalue.item(), "loss_actor": loss_actor.item(),
-                           **{k: v.item() for k, v in (q_info | actor_info).items()}}
+                metrics = {
+                    "loss_qvalue": loss_qvalue.item(),
+                    "loss_actor": loss_actor.item(),
+                    **{k: v.item() for k, v in (q_info | actor_info).items()},
+                }
             collector.update_policy_weights_()  # workers in other processes act with the new weights
             bar.update(data.numel(), metrics)
             if metrics and step // cfg.logger.log_every > before // cfg.logger.log_every:
-                run.log({**{f"train/{k}": v for k, v in metrics.items()}, "train/updates": updates,
-                         "train/actor_lr": actor_schedule.get_last_lr()[0]}, step)
+                run.log(
+                    {
+                        **{f"train/{k}": v for k, v in metrics.items()},
+                        "train/updates": updates,
+                        "train/actor_lr": actor_schedule.get_last_lr()[0],
+                    },
+                    step,
+                )
             if step // cfg.eval.every > before // cfg.eval.every or step >= cfg.online.steps:
                 result = evaluate(eval_env, actor, cfg.eval.episodes, exploration=cfg.eval.exploration)
                 run.log(result, step)

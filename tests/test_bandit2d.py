@@ -31,11 +31,13 @@ def recipe():
 
 
 def test_quadrant_fractions_count_each_mode_and_the_rest(recipe):
-    actions = torch.tensor([[0.8, -0.8], [0.5, -0.9], [-0.8, 0.8], [0.8, 0.8], [-0.5, -0.5], [0.3, -0.9], [0.0, 0.0],
-                            [0.9, -0.41]])
+    actions = torch.tensor(
+        [[0.8, -0.8], [0.5, -0.9], [-0.8, 0.8], [0.8, 0.8], [-0.5, -0.5], [0.3, -0.9], [0.0, 0.0], [0.9, -0.41]]
+    )
     fractions = recipe.quadrant_fractions(actions)
-    assert fractions == pytest.approx({"reward_3": 1 / 8, "reward_0": 1 / 8, "reward_1.5": 1 / 8, "reward_5": 3 / 8,
-                                       "elsewhere": 2 / 8})
+    assert fractions == pytest.approx(
+        {"reward_3": 1 / 8, "reward_0": 1 / 8, "reward_1.5": 1 / 8, "reward_5": 3 / 8, "elsewhere": 2 / 8}
+    )
 
 
 def run_fast(recipe, tmp_path, *overrides: str) -> dict:

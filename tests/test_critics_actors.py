@@ -65,16 +65,21 @@ def test_single_q_trains_inside_torchrl_iql_with_tanh_normal_and_value():
 
     torch.manual_seed(0)
     actor = registry.build("actor", {"name": "tanh_normal", "hidden_sizes": [32]}, obs_dim=OBS, action_dim=ACT)
-    qnet = registry.build("critic", {"name": "twin_q", "num_nets": 1, "hidden_sizes": [32]}, obs_dim=OBS,
-                          action_dim=ACT)
+    qnet = registry.build(
+        "critic", {"name": "twin_q", "num_nets": 1, "hidden_sizes": [32]}, obs_dim=OBS, action_dim=ACT
+    )
     vnet = registry.build("critic", {"name": "value", "hidden_sizes": [32]}, obs_dim=OBS, action_dim=ACT)
     loss = IQLLoss(actor_network=actor, qvalue_network=qnet, value_network=vnet, num_qvalue_nets=2)
     SoftUpdate(loss, tau=0.005)
     td = batch_td(16)
     td["action"] = td["action"] * 0.9  # inside the open interval where TanhNormal's log-prob is finite
     td["next"] = TensorDict(
-        {"observation": torch.randn(16, OBS), "reward": torch.randn(16, 1), "done": torch.zeros(16, 1, dtype=bool),
-         "terminated": torch.zeros(16, 1, dtype=bool)},
+        {
+            "observation": torch.randn(16, OBS),
+            "reward": torch.randn(16, 1),
+            "done": torch.zeros(16, 1, dtype=bool),
+            "terminated": torch.zeros(16, 1, dtype=bool),
+        },
         batch_size=[16],
     )
     out = loss(td)
@@ -89,8 +94,12 @@ def test_single_q_trains_inside_torchrl_iql_with_tanh_normal_and_value():
 def test_tanh_normal_bounds_modes_and_log_prob():
     torch.manual_seed(0)
     actor = registry.build(
-        "actor", {"name": "tanh_normal", "return_log_prob": True}, obs_dim=OBS, action_dim=ACT,
-        action_low=[-2.0, 0.0], action_high=[2.0, 0.5],
+        "actor",
+        {"name": "tanh_normal", "return_log_prob": True},
+        obs_dim=OBS,
+        action_dim=ACT,
+        action_low=[-2.0, 0.0],
+        action_high=[2.0, 0.5],
     )
     td = TensorDict({"observation": torch.randn(200, OBS)}, batch_size=[200])
     with set_exploration_type(ExplorationType.RANDOM):
@@ -152,8 +161,9 @@ def test_q_selection_softmax_frequencies_follow_the_temperature():
     scores = -(values.squeeze(-1) - 1.0).pow(2)  # critic target 1.0: Q = [-1, -0.25, 0]
     obs = torch.zeros(20000, 1)
     for temperature in (0.25, 1.0):
-        policy = QSelectionActor(FixedCandidates(values), distance_critic(1.0), num_candidates=3,
-                                 temperature=temperature)
+        policy = QSelectionActor(
+            FixedCandidates(values), distance_critic(1.0), num_candidates=3, temperature=temperature
+        )
         torch.manual_seed(0)
         chosen = policy.select(obs).squeeze(-1)
         freq = torch.stack([(chosen == v).float().mean() for v in values.squeeze(-1)])
@@ -166,11 +176,13 @@ def test_q_selection_reduces_over_members_with_min_by_default():
     values = torch.tensor([[0.0], [1.0]])
     # member 0 prefers candidate 1, member 1 prefers candidate 0 strongly: min picks candidate 0
     critic = TensorDictModule(
-        lambda obs, act: torch.cat([act, -5 * act], -1), in_keys=["observation", "action"],
+        lambda obs, act: torch.cat([act, -5 * act], -1),
+        in_keys=["observation", "action"],
         out_keys=["state_action_value"],
     )
     obs = torch.zeros(5, 1)
-    assert QSelectionActor(FixedCandidates(values), critic, num_candidates=2, selection="argmax").select(obs).eq(
-        0.0).all()
+    assert (
+        QSelectionActor(FixedCandidates(values), critic, num_candidates=2, selection="argmax").select(obs).eq(0.0).all()
+    )
     mean_policy = QSelectionActor(FixedCandidates(values), critic, num_candidates=2, selection="argmax", reduce="max")
     assert mean_policy.select(obs).eq(1.0).all()

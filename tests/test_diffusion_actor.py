@@ -21,9 +21,10 @@ def small_actor(**kwargs) -> DiffusionActor:
 
 def test_registry_builds_the_actor_with_options():
     actor = registry.build(
-        "actor", {"name": "diffusion", "network": "qsm", "hidden_sizes": [16, 16], "num_steps": 10,
-                  "inference_steps": 4},
-        obs_dim=5, action_dim=3,
+        "actor",
+        {"name": "diffusion", "network": "qsm", "hidden_sizes": [16, 16], "num_steps": 10, "inference_steps": 4},
+        obs_dim=5,
+        action_dim=3,
     )
     assert isinstance(actor, DiffusionActor)
     assert (actor.obs_dim, actor.action_dim, actor.num_steps, actor.schedule.num_steps) == (5, 3, 10, 10)
@@ -200,8 +201,14 @@ def test_actor_runs_in_a_collector_on_pendulum():
 
     torch.manual_seed(0)
     env = GymEnv("Pendulum-v1")
-    actor = registry.build("actor", {"name": "diffusion", "hidden_sizes": [32, 32]}, obs_dim=3, action_dim=1,
-                           action_low=-2.0, action_high=2.0)
+    actor = registry.build(
+        "actor",
+        {"name": "diffusion", "hidden_sizes": [32, 32]},
+        obs_dim=3,
+        action_dim=1,
+        action_low=-2.0,
+        action_high=2.0,
+    )
     collector = Collector(env, actor, frames_per_batch=40, total_frames=80, auto_register_policy_transforms=False)
     batches = [batch for batch in collector]
     collector.shutdown()

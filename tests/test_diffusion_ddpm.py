@@ -103,8 +103,11 @@ def test_q_sample_and_epsilon_loss_are_per_sample():
     ab = sched.alphas_cumprod[t].unsqueeze(-1)
     torch.testing.assert_close(x_t, ab.sqrt() * x0 + (1 - ab).sqrt() * noise)
     # a model that returns the true noise has zero loss; an off-by-one in t would not
-    oracle = lambda x, t_, c: (x - sched.sqrt_alphas_cumprod[t_].unsqueeze(-1) * x0) / (  # noqa: E731
-        sched.sqrt_one_minus_alphas_cumprod[t_].unsqueeze(-1)
+    oracle = lambda x, t_, c: (
+        (x - sched.sqrt_alphas_cumprod[t_].unsqueeze(-1) * x0)
+        / (  # noqa: E731
+            sched.sqrt_one_minus_alphas_cumprod[t_].unsqueeze(-1)
+        )
     )
     loss = ddpm.epsilon_loss(oracle, sched, x0, None, t=t, noise=noise)
     assert loss.shape == (3, 4) and loss.abs().max() < 1e-8

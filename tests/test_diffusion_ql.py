@@ -38,8 +38,9 @@ def make_actor():
 
 def make_critic(kind: str):
     if kind == "single":  # TorchRL's convention: one Q network, duplicated by the loss
-        return ValueOperator(MLP(in_features=OBS + ACT, out_features=1, num_cells=[HIDDEN, HIDDEN]),
-                             ["observation", "action"])
+        return ValueOperator(
+            MLP(in_features=OBS + ACT, out_features=1, num_cells=[HIDDEN, HIDDEN]), ["observation", "action"]
+        )
     if not has_twin_q():
         pytest.skip("critic 'twin_q' is not registered yet")
     return registry.build("critic", {"name": "twin_q", "hidden_sizes": [HIDDEN, HIDDEN]}, obs_dim=OBS, action_dim=ACT)
@@ -53,8 +54,14 @@ def make_loss(kind: str = "single", **kwargs) -> DiffusionQLLoss:
 
 def make_batch(*batch: int, keys: dict | None = None) -> TensorDict:
     """A batch with both terminated and truncated-but-not-terminated transitions (the latter must bootstrap)."""
-    keys = {"observation": "observation", "action": "action", "reward": "reward", "done": "done",
-            "terminated": "terminated", **(keys or {})}
+    keys = {
+        "observation": "observation",
+        "action": "action",
+        "reward": "reward",
+        "done": "done",
+        "terminated": "terminated",
+        **(keys or {}),
+    }
     terminated = torch.rand(*batch, 1) < 0.3
     truncated = (torch.rand(*batch, 1) < 0.3) & ~terminated
     return TensorDict(
@@ -138,14 +145,16 @@ def test_each_term_reaches_only_its_own_parameters(kind):
     assert sorted(k for k in out.keys() if k.startswith("loss_")) == ["loss_actor", "loss_qvalue"]
     assert all(not v.requires_grad for k, v in out.items() if not k.startswith("loss_"))
 
-    grads_actor_term = torch.autograd.grad(out["loss_actor"], critic_params(loss) + actor_params(loss),
-                                           allow_unused=True, retain_graph=True)
+    grads_actor_term = torch.autograd.grad(
+        out["loss_actor"], critic_params(loss) + actor_params(loss), allow_unused=True, retain_graph=True
+    )
     n_critic = len(critic_params(loss))
     assert all(g is None or not g.any() for g in grads_actor_term[:n_critic]), "the actor term trained a critic"
     assert any(g is not None and g.abs().sum() > 0 for g in grads_actor_term[n_critic:])
 
-    grads_q_term = torch.autograd.grad(out["loss_qvalue"], actor_params(loss) + critic_params(loss),
-                                       allow_unused=True, retain_graph=True)
+    grads_q_term = torch.autograd.grad(
+        out["loss_qvalue"], actor_params(loss) + critic_params(loss), allow_unused=True, retain_graph=True
+    )
     n_actor = len(actor_params(loss))
     assert all(g is None or not g.any() for g in grads_q_term[:n_actor]), "the critic term trained the actor"
     assert all(g is not None and g.abs().sum() > 0 for g in grads_q_term[n_actor:])
@@ -176,7 +185,7 @@ def test_actor_loss_matches_a_direct_computation(kind, normalization):
     for _ in range(8):
         rec.samples.clear(), rec.bc.clear()
         out = loss(batch)
-        (opts, policy_action, _), = [s for s in rec.samples if s[0]["grad"]]
+        ((opts, policy_action, _),) = [s for s in rec.samples if s[0]["grad"]]
         bc = rec.bc[-1]
         assert policy_action.requires_grad and opts["num_samples"] is None
         i = int(out["maximised_critic"])
@@ -244,7 +253,7 @@ def test_critic_target_uses_ema_actor_target_critics_and_terminated(kind, max_q_
     batch = make_batch(24)
     loss_q, meta = loss.qvalue_loss(batch)
 
-    (opts, next_action, weight), = rec.samples
+    ((opts, next_action, weight),) = rec.samples
     assert opts == {"num_samples": n_backup if max_q_backup else None, "grad": False}
     target_weight = loss.target_actor_network_params["network", "layers", "0", "weight"]
     torch.testing.assert_close(weight, target_weight)  # sampled by the EMA actor
@@ -342,8 +351,9 @@ def test_torchrl_soft_update_moves_both_targets_by_tau(kind):
     loss = make_loss(kind)
     updater = SoftUpdate(loss, tau=0.1)
     shift_online(loss)
-    before = {net: getattr(loss, f"target_{net}_params").detach().clone() for net in ("actor_network",
-                                                                                        "qvalue_network")}
+    before = {
+        net: getattr(loss, f"target_{net}_params").detach().clone() for net in ("actor_network", "qvalue_network")
+    }
     updater.step()
     for net, snapshot in before.items():
         assert_moved(loss, net, snapshot, 0.1)
@@ -358,8 +368,9 @@ def test_diffusion_ql_updater_schedule_on_the_loss():
     shift_online(loss)
     for counter in (0, 999, 1000, 1001, 1005):
         updater.counter = counter
-        before = {net: getattr(loss, f"target_{net}_params").detach().clone()
-                  for net in ("actor_network", "qvalue_network")}
+        before = {
+            net: getattr(loss, f"target_{net}_params").detach().clone() for net in ("actor_network", "qvalue_network")
+        }
         updater.step()
         assert_moved(loss, "qvalue_network", before["qvalue_network"], 0.005)
         actor_due = counter >= 1000 and counter % 5 == 0

@@ -29,20 +29,40 @@ def marked_buffer(value: float, n: int, extra: dict | None = None) -> TensorDict
 def offline_buffer(n: int = 64) -> OfflineReplayBuffer:
     """Pendulum-shaped transitions with mc_return = OFFLINE_MC and an "episode" index, as load_dataset returns."""
     g = torch.Generator().manual_seed(0)
-    data = TensorDict({
-        "observation": torch.randn(n, 3, generator=g), "action": torch.rand(n, 1, generator=g) * 4 - 2,
-        "episode": torch.arange(n) // 8, "mc_return": torch.full((n, 1), OFFLINE_MC),
-        ("next", "observation"): torch.randn(n, 3, generator=g), ("next", "reward"): -torch.rand(n, 1, generator=g),
-        ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
-        ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
-        ("next", "truncated"): torch.zeros(n, 1, dtype=torch.bool)}, [n])
-    return OfflineReplayBuffer(data, batch_size=10, dataset_id="test/pendulum-v0", env_id="Pendulum-v1",
-                               ref_min_score=-1000.0, ref_max_score=0.0)
+    data = TensorDict(
+        {
+            "observation": torch.randn(n, 3, generator=g),
+            "action": torch.rand(n, 1, generator=g) * 4 - 2,
+            "episode": torch.arange(n) // 8,
+            "mc_return": torch.full((n, 1), OFFLINE_MC),
+            ("next", "observation"): torch.randn(n, 3, generator=g),
+            ("next", "reward"): -torch.rand(n, 1, generator=g),
+            ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
+            ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
+            ("next", "truncated"): torch.zeros(n, 1, dtype=torch.bool),
+        },
+        [n],
+    )
+    return OfflineReplayBuffer(
+        data,
+        batch_size=10,
+        dataset_id="test/pendulum-v0",
+        env_id="Pendulum-v1",
+        ref_min_score=-1000.0,
+        ref_max_score=0.0,
+    )
 
 
 def settings(**overrides) -> O2OSettings:
-    values = {"offline_steps": 6, "online_steps": 6, "batch_size": 10, "mixing_ratio": 0.5, "eval_every": 3,
-              "eval_episodes": 1, "log_every": 3}
+    values = {
+        "offline_steps": 6,
+        "online_steps": 6,
+        "batch_size": 10,
+        "mixing_ratio": 0.5,
+        "eval_every": 3,
+        "eval_episodes": 1,
+        "log_every": 3,
+    }
     values.update(overrides)
     return O2OSettings(**values)
 
@@ -61,26 +81,45 @@ class Recorder:
 
 
 def make_loop(tmp_path, name="run", resume=None, hooks=(), update=None, **overrides):
-    cfg = OmegaConf.create({"logger": {"dir": str(tmp_path / name), "backend": "csv", "keep": 10},
-                            "resume": str(resume) if resume else None})
+    cfg = OmegaConf.create(
+        {
+            "logger": {"dir": str(tmp_path / name), "backend": "csv", "keep": 10},
+            "resume": str(resume) if resume else None,
+        }
+    )
     rb = offline_buffer()
-    actor = registry.build("actor", {"name": "tanh_normal", "hidden_sizes": [8], "action_low": -2.0,
-                                     "action_high": 2.0}, obs_dim=3, action_dim=1)
+    actor = registry.build(
+        "actor",
+        {"name": "tanh_normal", "hidden_sizes": [8], "action_low": -2.0, "action_high": 2.0},
+        obs_dim=3,
+        action_dim=1,
+    )
     update = update or Recorder()
     run = start_run(cfg)
-    loop = OfflineToOnline(settings(**overrides), update=update, offline_rb=rb, policy=actor, run=run,
-                           env=lambda: make_env("Pendulum-v1", seed=0, max_episode_steps=EPISODE),
-                           eval_env=make_env("Pendulum-v1", seed=1, max_episode_steps=EPISODE),
-                           checkpoint={"net": update.net, "actor": actor}, hooks=hooks, progress_keys=None)
+    loop = OfflineToOnline(
+        settings(**overrides),
+        update=update,
+        offline_rb=rb,
+        policy=actor,
+        run=run,
+        env=lambda: make_env("Pendulum-v1", seed=0, max_episode_steps=EPISODE),
+        eval_env=make_env("Pendulum-v1", seed=1, max_episode_steps=EPISODE),
+        checkpoint={"net": update.net, "actor": actor},
+        hooks=hooks,
+        progress_keys=None,
+    )
     return loop, update, run
 
 
 # ---------------------------------------------------------------------------------------------------- BatchMixer
-@pytest.mark.parametrize("batch_size, fraction, expected", [(256, 0.5, 128), (10, 0.3, 3), (7, 0.5, 4), (9, 0.0, 0),
-                                                            (9, 1.0, 9)])
+@pytest.mark.parametrize(
+    "batch_size, fraction, expected", [(256, 0.5, 128), (10, 0.3, 3), (7, 0.5, 4), (9, 0.0, 0), (9, 1.0, 9)]
+)
 def test_mixer_gives_exact_counts_in_every_batch(batch_size, fraction, expected):
-    mixer = BatchMixer({"offline": marked_buffer(1.0, 50), "online": marked_buffer(-1.0, 20)},
-                       {"offline": fraction, "online": 1.0 - fraction})
+    mixer = BatchMixer(
+        {"offline": marked_buffer(1.0, 50), "online": marked_buffer(-1.0, 20)},
+        {"offline": fraction, "online": 1.0 - fraction},
+    )
     for _ in range(5):
         batch = mixer.sample(batch_size)
         assert batch.batch_size == (batch_size,)
@@ -139,11 +178,18 @@ def test_online_transitions_are_stored_with_zero_mc_return_and_batches_mix_exact
     assert all(bool((b["mc_return"] == OFFLINE_MC).all()) for b in offline_batches)
     # 0.3 * 10 = 3 offline items in every online batch, exactly.
     assert [int((b["mc_return"] == 0).sum()) for b in online_batches] == [7] * 8
-    stored = loop.online_rb.storage[0:len(loop.online_rb)]
+    stored = loop.online_rb.storage[0 : len(loop.online_rb)]
     assert len(loop.online_rb) == 8 and bool((stored["mc_return"] == 0).all())
-    assert set(stored.keys(True, True)) - {"index"} == {"observation", "action", "mc_return", ("next", "observation"),
-                                            ("next", "reward"), ("next", "done"), ("next", "terminated"),
-                                            ("next", "truncated")}
+    assert set(stored.keys(True, True)) - {"index"} == {
+        "observation",
+        "action",
+        "mc_return",
+        ("next", "observation"),
+        ("next", "reward"),
+        ("next", "done"),
+        ("next", "terminated"),
+        ("next", "truncated"),
+    }
     # The stored transitions are the env's: consecutive within an episode, rewards of Pendulum's cost.
     assert torch.equal(stored["next", "observation"][0], stored["observation"][1])
     assert bool((stored["next", "reward"] <= 0).all()) and bool(stored["next", "truncated"][EPISODE - 1])
@@ -173,10 +219,15 @@ def test_the_collector_acts_with_the_live_policy(tmp_path):
 
 def test_switch_hook_runs_between_the_phases_and_changes_what_cal_ql_computes(tmp_path):
     critic = registry.build("critic", {"name": "q", "hidden_sizes": [8], "activation": "relu"}, obs_dim=3, action_dim=1)
-    actor = registry.build("actor", {"name": "tanh_normal", "hidden_sizes": [8], "action_low": -2.0,
-                                     "action_high": 2.0}, obs_dim=3, action_dim=1)
-    loss = registry.build("loss", {"name": "cal_ql", "cql_alpha": 5.0, "cql_n_actions": 2},
-                          actor_network=actor, qvalue_network=critic)
+    actor = registry.build(
+        "actor",
+        {"name": "tanh_normal", "hidden_sizes": [8], "action_low": -2.0, "action_high": 2.0},
+        obs_dim=3,
+        action_dim=1,
+    )
+    loss = registry.build(
+        "loss", {"name": "cal_ql", "cql_alpha": 5.0, "cql_n_actions": 2}, actor_network=actor, qvalue_network=critic
+    )
     seen = []
 
     class CalQLRecorder(Recorder):
@@ -195,8 +246,9 @@ def test_switch_hook_runs_between_the_phases_and_changes_what_cal_ql_computes(tm
 def test_interval_hooks_and_update_to_data_ratio(tmp_path):
     calls = []
     hook = O2OHook(on_interval=lambda loop: calls.append((loop.step, len(loop.online_rb))), every=4)
-    loop, rec, run = make_loop(tmp_path, hooks=[hook], offline_steps=2, online_steps=12, frames_per_batch=2,
-                               utd_ratio=1.5)
+    loop, rec, run = make_loop(
+        tmp_path, hooks=[hook], offline_steps=2, online_steps=12, frames_per_batch=2, utd_ratio=1.5
+    )
     result = loop.run()
     run.close()
     assert calls == [(6, 4), (10, 8), (14, 12)]  # every 4 online env steps, after storing them
@@ -253,9 +305,13 @@ def test_resume_at_the_phase_boundary_starts_the_online_phase(tmp_path):
 
 
 def test_settings_read_the_recipe_keys_and_reject_bad_values():
-    cfg = {"offline": {"steps": 10}, "online": {"steps": 4, "mixing_ratio": 0.25, "utd_ratio": 2, "frames_per_batch": 2,
-           "buffer_size": None}, "data": {"batch_size": 8}, "eval": {"every": 5, "episodes": 2},
-           "logger": {"log_every": 7}}
+    cfg = {
+        "offline": {"steps": 10},
+        "online": {"steps": 4, "mixing_ratio": 0.25, "utd_ratio": 2, "frames_per_batch": 2, "buffer_size": None},
+        "data": {"batch_size": 8},
+        "eval": {"every": 5, "episodes": 2},
+        "logger": {"log_every": 7},
+    }
     s = O2OSettings.from_config(cfg)
     assert (s.total_steps, s.mixing_ratio, s.utd_ratio, s.buffer_size, s.log_every) == (14, 0.25, 2.0, 4, 7)
     with pytest.raises(ValueError, match="mixing_ratio"):

@@ -68,9 +68,18 @@ class FirstActionCritic(TensorDictModuleBase):
 
 
 def make_actor(hidden: int = 32):
-    return registry.build("actor", {"name": "diffusion", "network": "qsm", "sampler": "qsm", "hidden_sizes":
-                                    [hidden, hidden], "network_kwargs": {"time_hidden": [16, 16]}},
-                          obs_dim=OBS, action_dim=ACT)
+    return registry.build(
+        "actor",
+        {
+            "name": "diffusion",
+            "network": "qsm",
+            "sampler": "qsm",
+            "hidden_sizes": [hidden, hidden],
+            "network_kwargs": {"time_hidden": [16, 16]},
+        },
+        obs_dim=OBS,
+        action_dim=ACT,
+    )
 
 
 def single_critic():
@@ -79,17 +88,26 @@ def single_critic():
 
 
 def make_batch(*batch: int, keys: dict | None = None) -> TensorDict:
-    k = {"observation": "observation", "action": "action", "reward": "reward", "done": "done",
-         "terminated": "terminated", **(keys or {})}
+    k = {
+        "observation": "observation",
+        "action": "action",
+        "reward": "reward",
+        "done": "done",
+        "terminated": "terminated",
+        **(keys or {}),
+    }
     terminated = torch.rand(*batch, 1) < 0.3
-    return TensorDict({
-        k["observation"]: torch.randn(*batch, OBS),
-        k["action"]: torch.rand(*batch, ACT) * 2 - 1,
-        ("next", k["observation"]): torch.randn(*batch, OBS),
-        ("next", k["reward"]): torch.randn(*batch, 1),
-        ("next", k["done"]): terminated | (torch.rand(*batch, 1) < 0.2),
-        ("next", k["terminated"]): terminated,
-    }, batch_size=list(batch))
+    return TensorDict(
+        {
+            k["observation"]: torch.randn(*batch, OBS),
+            k["action"]: torch.rand(*batch, ACT) * 2 - 1,
+            ("next", k["observation"]): torch.randn(*batch, OBS),
+            ("next", k["reward"]): torch.randn(*batch, 1),
+            ("next", k["done"]): terminated | (torch.rand(*batch, 1) < 0.2),
+            ("next", k["terminated"]): terminated,
+        },
+        batch_size=list(batch),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- the loss
@@ -151,21 +169,27 @@ def test_sign_flipped_objective_drives_samples_away():
 @pytest.mark.parametrize("critic", ["single", "twin_q"])
 def test_gradient_routing(critic):
     torch.manual_seed(0)
-    qnet = single_critic() if critic == "single" else registry.build(
-        "critic", {"name": "twin_q", "hidden_sizes": [16, 16], "activation": "relu"}, obs_dim=OBS, action_dim=ACT)
+    qnet = (
+        single_critic()
+        if critic == "single"
+        else registry.build(
+            "critic", {"name": "twin_q", "hidden_sizes": [16, 16], "activation": "relu"}, obs_dim=OBS, action_dim=ACT
+        )
+    )
     loss = QScoreMatchingLoss(make_actor(), qnet)
     out = loss(make_batch(16))
     actor_params = [p for p in loss.actor_network_params.values(True, True) if p.requires_grad]  # not buffers
     critic_params = [p for p in loss.qvalue_network_params.values(True, True) if p.requires_grad]
     target_params = list(loss.target_qvalue_network_params.values(True, True))
     # The actor term reaches only the actor; the critic term only the online critics (targets come from no_grad).
-    actor_grads = torch.autograd.grad(out["loss_actor"], actor_params + critic_params, allow_unused=True,
-                                      retain_graph=True)
+    actor_grads = torch.autograd.grad(
+        out["loss_actor"], actor_params + critic_params, allow_unused=True, retain_graph=True
+    )
     assert all(g is not None and g.abs().sum() > 0 for g in actor_grads[: len(actor_params)])
-    assert all(g is None or not g.any() for g in actor_grads[len(actor_params):])
+    assert all(g is None or not g.any() for g in actor_grads[len(actor_params) :])
     critic_grads = torch.autograd.grad(out["loss_qvalue"], actor_params + critic_params, allow_unused=True)
     assert all(g is None or not g.any() for g in critic_grads[: len(actor_params)])
-    assert all(g is not None and g.abs().sum() > 0 for g in critic_grads[len(actor_params):])
+    assert all(g is not None and g.abs().sum() > 0 for g in critic_grads[len(actor_params) :])
     assert not any(p.requires_grad for p in target_params)
     assert all(not out[k].requires_grad for k in out.keys() if not k.startswith("loss_"))
 
@@ -175,14 +199,14 @@ def test_target_actions_get_clipped_gaussian_noise_and_min_backup():
     actor, critic = make_actor(), FirstActionCritic([1.0, 2.0])
     n = 4000
     policy_action = torch.zeros(n, ACT)
-    policy_action[n // 2:] = 0.95  # near the upper bound: noise gets clipped
+    policy_action[n // 2 :] = 0.95  # near the upper bound: noise gets clipped
     actor.sample = lambda observation, *args, **kwargs: policy_action.clone()
     loss = QScoreMatchingLoss(actor, critic, target_noise=0.1, gamma=0.5)
     batch = make_batch(n)
     critic.seen.clear()
     loss.qvalue_loss(batch)
     target_action = critic.seen[0]  # first call: the target critics at (s', a')
-    centre, edge = target_action[: n // 2], target_action[n // 2:]
+    centre, edge = target_action[: n // 2], target_action[n // 2 :]
     assert abs(centre.mean().item()) < 0.01 and abs(centre.std().item() - 0.1) < 0.005
     assert edge.max().item() == 1.0 and target_action.min().item() >= -1.0
     assert abs((edge == 1.0).float().mean().item() - 0.3085) < 0.03  # P(N(0, 0.1^2) > 0.05)
@@ -205,8 +229,13 @@ def test_set_keys_changes_what_the_loss_reads():
     batch = make_batch(8)
     torch.manual_seed(1)
     reference = loss(batch.clone())
-    renamed = TensorDict({names.get(k, k) if isinstance(k, str) else ("next", names.get(k[1], k[1])): v
-                          for k, v in batch.items(True, True)}, [8])
+    renamed = TensorDict(
+        {
+            names.get(k, k) if isinstance(k, str) else ("next", names.get(k[1], k[1])): v
+            for k, v in batch.items(True, True)
+        },
+        [8],
+    )
     loss.set_keys(**names)
     assert set(loss.in_keys) == {"obs", "act", ("next", "obs"), ("next", "rew"), ("next", "end"), ("next", "term")}
     torch.manual_seed(1)
@@ -288,21 +317,28 @@ def test_process_collector_syncs_weights_and_counts_the_warm_up_in_total():
 @pytest.mark.slow  # a local Ray instance takes 30-60 s to start
 def test_ray_collector_syncs_weights():
     pytest.importorskip("ray")
-    cfg = {"frames_per_batch": 4, "num_workers": 2, "backend": "ray",
-           "ray_init": {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False},
-           "ray_remote": {"num_cpus": 1, "memory": 5e8}}
+    cfg = {
+        "frames_per_batch": 4,
+        "num_workers": 2,
+        "backend": "ray",
+        "ray_init": {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False},
+        "ray_remote": {"num_cpus": 1, "memory": 5e8},
+    }
     actions = _collect_actions(cfg)
     assert sum(int((a != 0).sum()) for a in actions[:2]) == 8 and all(a.numel() == 4 for a in actions)
     for i, a in enumerate(actions[2:], start=2):
         torch.testing.assert_close(a, torch.full((4,), 0.1 * i))
 
 
-@pytest.mark.parametrize(("cfg", "message"), [
-    ({"backend": "direct", "num_workers": 2}, "use backend=process"),
-    ({"num_workers": 2, "frames_per_batch": 3}, "multiple of num_workers"),
-    ({"frames": 3}, r"unknown collector option\(s\) \['frames'\]"),
-    ({"backend": "slurm"}, "collector.backend must be one of"),
-])
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"backend": "direct", "num_workers": 2}, "use backend=process"),
+        ({"num_workers": 2, "frames_per_batch": 3}, "multiple of num_workers"),
+        ({"frames": 3}, r"unknown collector option\(s\) \['frames'\]"),
+        ({"backend": "slurm"}, "collector.backend must be one of"),
+    ],
+)
 def test_collector_config_errors(cfg, message):
     with pytest.raises(ValueError, match=message):
         make_collector(cfg, make_env_fn("Pendulum-v1"), None)
@@ -312,8 +348,11 @@ def test_ray_resource_options_written_in_yaml_exponent_notation_become_numbers()
     from diffrl.train.collectors import _resource_numbers
 
     # OmegaConf (YAML 1.1) reads `memory: 5.0e8` as the string "5.0e8"; Ray would reject it.
-    assert _resource_numbers({"memory": "5.0e8", "num_cpus": 1, "name": "x"}) == {"memory": 5e8, "num_cpus": 1,
-                                                                                   "name": "x"}
+    assert _resource_numbers({"memory": "5.0e8", "num_cpus": 1, "name": "x"}) == {
+        "memory": 5e8,
+        "num_cpus": 1,
+        "name": "x",
+    }
     with pytest.raises(ValueError, match="memory must be a number, got 'lots'"):
         _resource_numbers({"memory": "lots"})
 
@@ -330,15 +369,25 @@ def test_episode_tracker_follows_each_worker():
 
 
 # ---------------------------------------------------------------------------------------------------- the recipe
-TINY = ["online.steps=60", "online.random_steps=20", "online.batch_size=16", "eval.every=30", "eval.episodes=1",
-        "logger.log_every=10", "env.max_episode_steps=25", "actor.hidden_sizes=[16,16]",
-        "actor.network_kwargs.time_hidden=[8,8]", "critic.hidden_sizes=[16,16]"]
+TINY = [
+    "online.steps=60",
+    "online.random_steps=20",
+    "online.batch_size=16",
+    "eval.every=30",
+    "eval.episodes=1",
+    "logger.log_every=10",
+    "env.max_episode_steps=25",
+    "actor.hidden_sizes=[16,16]",
+    "actor.network_kwargs.time_hidden=[8,8]",
+    "critic.hidden_sizes=[16,16]",
+]
 
 
 def run_qsm(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DIFFRL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(RECIPE), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -386,9 +435,18 @@ def test_recipe_with_two_worker_processes(tmp_path):
 def test_recipe_with_the_ray_collector(tmp_path):
     pytest.importorskip("ray")
     run_dir = tmp_path / "run"
-    run_qsm([*TINY, "collector.backend=ray", "collector.num_workers=2", "collector.frames_per_batch=2",
-             "collector.ray_init={num_cpus: 2, include_dashboard: false, log_to_driver: false}",
-             "collector.ray_remote={num_cpus: 1, memory: 5.0e8}", f"logger.dir={run_dir}"], tmp_path)
+    run_qsm(
+        [
+            *TINY,
+            "collector.backend=ray",
+            "collector.num_workers=2",
+            "collector.frames_per_batch=2",
+            "collector.ray_init={num_cpus: 2, include_dashboard: false, log_to_driver: false}",
+            "collector.ray_remote={num_cpus: 1, memory: 5.0e8}",
+            f"logger.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     metrics = read_metrics(run_dir)
     assert metrics["eval/return"][0].tolist() == [30, 60]
     assert metrics["train/updates"][1].tolist()[-1] == 40
@@ -397,8 +455,15 @@ def test_recipe_with_the_ray_collector(tmp_path):
 # -------------------------------------------------------------------------------------------------- learning
 # 5000 env steps (4500 updates) with 128-wide networks: about 3 min on one idle core, 6 min on a loaded 2-core
 # machine. Measured curve of this budget (eval every 1000 steps): -1586, -1541, -895, -427, -159.
-SHORT = ["online.steps=5000", "online.random_steps=500", "eval.every=5000", "eval.episodes=5",
-         "actor.hidden_sizes=[128,128]", "critic.hidden_sizes=[128,128]", "logger.log_every=1000"]
+SHORT = [
+    "online.steps=5000",
+    "online.random_steps=500",
+    "eval.every=5000",
+    "eval.episodes=5",
+    "actor.hidden_sizes=[128,128]",
+    "critic.hidden_sizes=[128,128]",
+    "logger.log_every=1000",
+]
 
 
 @pytest.mark.slow  # minutes of training

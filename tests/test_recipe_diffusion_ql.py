@@ -18,24 +18,41 @@ from diffrl.train import load_config, read_metrics
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 RECIPE = RECIPES / "diffusion_ql.py"
-TINY = ["offline.steps=20", "eval.every=10", "eval.episodes=1", "data.batch_size=32", "logger.log_every=5",
-        "actor.hidden_sizes=[16,16]", "critic.hidden_sizes=[16,16]", "eval.selection.num_candidates=4",
-        "optim.targets.actor_start=5", "threads=1"]
+TINY = [
+    "offline.steps=20",
+    "eval.every=10",
+    "eval.episodes=1",
+    "data.batch_size=32",
+    "logger.log_every=5",
+    "actor.hidden_sizes=[16,16]",
+    "critic.hidden_sizes=[16,16]",
+    "eval.selection.num_candidates=4",
+    "optim.targets.actor_start=5",
+    "threads=1",
+]
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(minari_tmp_path):
     """Three random Pendulum episodes with the pendulum reference scores."""
     dataset_id = "test-dql/pendulum/random-v0"
-    make_dataset("Pendulum-v1", "random", dataset_id, num_episodes=3, seed=0, ref_min_score=PENDULUM_REF_MIN,
-                 ref_max_score=PENDULUM_REF_MAX)
+    make_dataset(
+        "Pendulum-v1",
+        "random",
+        dataset_id,
+        num_episodes=3,
+        seed=0,
+        ref_min_score=PENDULUM_REF_MIN,
+        ref_max_score=PENDULUM_REF_MAX,
+    )
     return dataset_id
 
 
 def run_command(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DIFFRL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(RECIPE), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

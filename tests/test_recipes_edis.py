@@ -24,13 +24,31 @@ from diffrl.train.o2o import O2OSettings, OfflineToOnline
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 OFFLINE_MC = 7.0  # every offline transition of the in-process tests carries this mc_return; online ones carry 0
 # An EDIS generator that fits in a fraction of a second: the tests check the wiring, not the generator's quality.
-TINY_EDIS = {"diffusion_steps": 20, "num_samples": 64, "sampler_steps": 4, "energy_steps": 5, "energy_positives": 16,
-             "negative_sampler_steps": 2, "num_negatives": 2, "denoiser": {"width": 16, "blocks": 1, "embed_dim": 8},
-             "energy": {"width": 16, "depth": 2}}
-TINY = ["offline.steps=20", "online.steps=30", "online.retrain_every=10", "eval.episodes=1", "eval.every=25",
-        "data.batch_size=32", "logger.log_every=10", "logger.keep=10", "env.max_episode_steps=50",
-        "actor.hidden_sizes=[32, 32]", "critic.hidden_sizes=[32, 32]",
-        *(f"edis.{key}={value}" for key, value in TINY_EDIS.items())]
+TINY_EDIS = {
+    "diffusion_steps": 20,
+    "num_samples": 64,
+    "sampler_steps": 4,
+    "energy_steps": 5,
+    "energy_positives": 16,
+    "negative_sampler_steps": 2,
+    "num_negatives": 2,
+    "denoiser": {"width": 16, "blocks": 1, "embed_dim": 8},
+    "energy": {"width": 16, "depth": 2},
+}
+TINY = [
+    "offline.steps=20",
+    "online.steps=30",
+    "online.retrain_every=10",
+    "eval.episodes=1",
+    "eval.every=25",
+    "data.batch_size=32",
+    "logger.log_every=10",
+    "logger.keep=10",
+    "env.max_episode_steps=50",
+    "actor.hidden_sizes=[32, 32]",
+    "critic.hidden_sizes=[32, 32]",
+    *(f"edis.{key}={value}" for key, value in TINY_EDIS.items()),
+]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
@@ -38,15 +56,28 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def tiny_dataset(minari_tmp_path):
     """Three random Pendulum episodes with the pendulum reference scores: enough to exercise a recipe."""
     dataset_id = "test-edis/pendulum/random-v0"
-    make_dataset("Pendulum-v1", "random", dataset_id, num_episodes=3, seed=0, ref_min_score=PENDULUM_REF_MIN,
-                 ref_max_score=PENDULUM_REF_MAX)
+    make_dataset(
+        "Pendulum-v1",
+        "random",
+        dataset_id,
+        num_episodes=3,
+        seed=0,
+        ref_min_score=PENDULUM_REF_MIN,
+        ref_max_score=PENDULUM_REF_MAX,
+    )
     return dataset_id
 
 
 def run_recipe_command(name: str, args: list[str], cwd: Path, status: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "DIFFRL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(RECIPES / f"{name}.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(RECIPES / f"{name}.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == status, proc.stderr[-3000:]
     return proc
 
@@ -54,13 +85,19 @@ def run_recipe_command(name: str, args: list[str], cwd: Path, status: int = 0) -
 # ---------------------------------------------------------------------------------------------- the hook in the loop
 def offline_buffer(n: int = 64) -> OfflineReplayBuffer:
     g = torch.Generator().manual_seed(0)
-    data = TensorDict({
-        "observation": torch.randn(n, 3, generator=g), "action": torch.rand(n, 1, generator=g) * 4 - 2,
-        "mc_return": torch.full((n, 1), OFFLINE_MC),
-        ("next", "observation"): torch.randn(n, 3, generator=g), ("next", "reward"): -torch.rand(n, 1, generator=g),
-        ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
-        ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
-        ("next", "truncated"): torch.zeros(n, 1, dtype=torch.bool)}, [n])
+    data = TensorDict(
+        {
+            "observation": torch.randn(n, 3, generator=g),
+            "action": torch.rand(n, 1, generator=g) * 4 - 2,
+            "mc_return": torch.full((n, 1), OFFLINE_MC),
+            ("next", "observation"): torch.randn(n, 3, generator=g),
+            ("next", "reward"): -torch.rand(n, 1, generator=g),
+            ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
+            ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
+            ("next", "truncated"): torch.zeros(n, 1, dtype=torch.bool),
+        },
+        [n],
+    )
     return OfflineReplayBuffer(data, batch_size=8, dataset_id="test/pendulum-v0", env_id="Pendulum-v1")
 
 
@@ -71,17 +108,35 @@ def test_hook_regenerates_on_schedule_and_online_batches_are_exactly_synthetic_p
         batches.append(batch.clone())
         return {"loss_fake": torch.tensor(0.0)}
 
-    actor = registry.build("actor", {"name": "tanh_normal", "hidden_sizes": [8], "action_low": -2.0,
-                                     "action_high": 2.0}, obs_dim=3, action_dim=1)
-    edis = build_edis({"name": "edis", "synthetic_fraction": 0.25, "mark_key": "synthetic", **TINY_EDIS},
-                      obs_dim=3, action_dim=1, device="cpu", seed=0)
+    actor = registry.build(
+        "actor",
+        {"name": "tanh_normal", "hidden_sizes": [8], "action_low": -2.0, "action_high": 2.0},
+        obs_dim=3,
+        action_dim=1,
+    )
+    edis = build_edis(
+        {"name": "edis", "synthetic_fraction": 0.25, "mark_key": "synthetic", **TINY_EDIS},
+        obs_dim=3,
+        action_dim=1,
+        device="cpu",
+        seed=0,
+    )
     hook = EDISHook(edis, actor, every=4, extra_updates=2, verbose=False)
-    settings = O2OSettings(offline_steps=3, online_steps=8, batch_size=8, mixing_ratio=0.0, eval_every=0,
-                           eval_episodes=1, log_every=1)
+    settings = O2OSettings(
+        offline_steps=3, online_steps=8, batch_size=8, mixing_ratio=0.0, eval_every=0, eval_episodes=1, log_every=1
+    )
     run = start_run(OmegaConf.create({"logger": {"dir": str(tmp_path / "run"), "backend": "csv"}, "resume": None}))
-    loop = OfflineToOnline(settings, update=update, offline_rb=offline_buffer(), policy=actor, run=run,
-                           env=lambda: make_env("Pendulum-v1", seed=0, max_episode_steps=5),
-                           checkpoint={"edis": hook}, hooks=[hook], progress_keys=None)
+    loop = OfflineToOnline(
+        settings,
+        update=update,
+        offline_rb=offline_buffer(),
+        policy=actor,
+        run=run,
+        env=lambda: make_env("Pendulum-v1", seed=0, max_episode_steps=5),
+        checkpoint={"edis": hook},
+        hooks=[hook],
+        progress_keys=None,
+    )
     loop.run()
     run.close()
 
@@ -133,8 +188,9 @@ def test_recipe_runs_both_phases_with_regenerations_from_another_directory(name,
     run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     elsewhere.mkdir()
     extra = ["value.hidden_sizes=[32, 32]"] if name == "edis_iql" else []
-    proc = run_recipe_command(name, [*TINY, *extra, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"],
-                              elsewhere)
+    proc = run_recipe_command(
+        name, [*TINY, *extra, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], elsewhere
+    )
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"{name}: 50 steps") and "normalized score offline" in summary
     assert "EDIS: unguided pool of 64 samples at online step 0" in proc.stdout
@@ -162,10 +218,15 @@ def test_edis_calql_resumes_mid_online_with_the_same_regeneration_schedule(tiny_
 
 
 def test_bad_edis_option_is_a_one_line_error(tiny_dataset, tmp_path):
-    proc = run_recipe_command("edis_calql", [*TINY, f"data.dataset_id={tiny_dataset}", "edis.synthetic_fraction=1.5",
-                                             f"logger.dir={tmp_path / 'run'}"], tmp_path, status=2)
+    proc = run_recipe_command(
+        "edis_calql",
+        [*TINY, f"data.dataset_id={tiny_dataset}", "edis.synthetic_fraction=1.5", f"logger.dir={tmp_path / 'run'}"],
+        tmp_path,
+        status=2,
+    )
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: invalid edis config: synthetic_fraction must be in [0, 1], got 1.5.")
+        "error: invalid edis config: synthetic_fraction must be in [0, 1], got 1.5."
+    )
 
 
 @pytest.mark.parametrize("recipe", ["edis_calql", "edis_iql"])

@@ -15,8 +15,15 @@ from diffrl.data.generators import PENDULUM_REF_MAX, PENDULUM_REF_MIN
 from diffrl.train import load_config, read_metrics
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-TINY = ["offline.steps=20", "online.steps=20", "eval.episodes=1", "eval.every=10", "data.batch_size=32",
-        "logger.log_every=10", "env.max_episode_steps=50"]
+TINY = [
+    "offline.steps=20",
+    "online.steps=20",
+    "eval.episodes=1",
+    "eval.every=10",
+    "data.batch_size=32",
+    "logger.log_every=10",
+    "env.max_episode_steps=50",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +31,28 @@ def tiny_dataset(minari_tmp_path):
     """Four random Pendulum episodes (800 transitions) with the pendulum reference scores: enough to exercise a
     recipe, and too little for offline training alone to learn the swing-up (the learning test relies on it)."""
     dataset_id = "test-o2o/pendulum/random-v0"
-    make_dataset("Pendulum-v1", "random", dataset_id, num_episodes=4, seed=0, ref_min_score=PENDULUM_REF_MIN,
-                 ref_max_score=PENDULUM_REF_MAX)
+    make_dataset(
+        "Pendulum-v1",
+        "random",
+        dataset_id,
+        num_episodes=4,
+        seed=0,
+        ref_min_score=PENDULUM_REF_MIN,
+        ref_max_score=PENDULUM_REF_MAX,
+    )
     return dataset_id
 
 
 def run_recipe_command(name: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DIFFRL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(RECIPES / f"{name}.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(RECIPES / f"{name}.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -49,11 +69,14 @@ def test_recipe_runs_both_phases_from_another_directory(name, tiny_dataset, tmp_
     assert metrics["eval/normalized_score"][0].tolist() == [10, 20, 30, 40]  # one CSV across both phases
     assert metrics["train/loss_qvalue"][0].tolist() == [10, 20, 30, 40]
     assert (run_dir / "config.yaml").is_file() and sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "step_000000030.pt", "step_000000040.pt"]
+        "step_000000030.pt",
+        "step_000000040.pt",
+    ]
     # The online phase as the recipe wires it: between the two online checkpoints (steps 30 and 40) ten more env steps
     # were stored with mc_return 0 and the actor kept training (a loop that drops online data or stops updating fails).
-    early, late = (torch.load(run_dir / "checkpoints" / f"step_0000000{s}0.pt", weights_only=False)["objects"]
-                   for s in (3, 4))
+    early, late = (
+        torch.load(run_dir / "checkpoints" / f"step_0000000{s}0.pt", weights_only=False)["objects"] for s in (3, 4)
+    )
     stored = [ckpt["o2o_online_rb"]["items"] for ckpt in (early, late)]
     assert [items.shape[0] for items in stored] == [10, 20] and bool((stored[1]["mc_return"] == 0).all())
     assert torch.equal(stored[1][:10]["observation"], stored[0]["observation"])
@@ -101,16 +124,24 @@ def test_every_per_task_config_is_valid(recipe):
 # on the random data alone also learns the swing-up here (online.mixing_ratio=1.0, seed 0, 10 episodes: -21.3 -> 33.0
 # against -21.3 -> 33.1 with online data), so this margin cannot tell whether online data is used; the storage is
 # checked directly below (and the batch composition exactly in tests/test_o2o.py).
-LEARN = ["offline.steps=500", "online.steps=3000", "eval.every=500", "eval.episodes=20", "actor.hidden_sizes=[64,64]",
-         "critic.hidden_sizes=[64,64]", "threads=1"]
+LEARN = [
+    "offline.steps=500",
+    "online.steps=3000",
+    "eval.every=500",
+    "eval.episodes=20",
+    "actor.hidden_sizes=[64,64]",
+    "critic.hidden_sizes=[64,64]",
+    "threads=1",
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_calql_online_phase_lifts_the_normalized_score(seed, tiny_dataset, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_recipe_command("calql", [*LEARN, f"seed={seed}", f"data.dataset_id={tiny_dataset}",
-                                        f"logger.dir={run_dir}"], tmp_path)
+    proc = run_recipe_command(
+        "calql", [*LEARN, f"seed={seed}", f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], tmp_path
+    )
     steps, scores = read_metrics(run_dir)["eval/normalized_score"]
     offline = float(scores[steps == 500][0])
     online = float(scores[steps >= 3000].mean())  # the last two evaluations (3000, 3500): less episode noise

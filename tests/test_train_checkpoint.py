@@ -29,24 +29,29 @@ OBS, ACT = 3, 1
 
 def _transitions(n: int) -> TensorDict:
     # Drawn from the global torch generator: new data depends on the RNG state, as data from a collector would.
-    return TensorDict({
-        "observation": torch.randn(n, OBS),
-        "action": torch.rand(n, ACT) * 2 - 1,
-        "next": {
+    return TensorDict(
+        {
             "observation": torch.randn(n, OBS),
-            "reward": torch.randn(n, 1),
-            "done": torch.rand(n, 1) < 0.1,
-            "terminated": torch.zeros(n, 1, dtype=torch.bool),
+            "action": torch.rand(n, ACT) * 2 - 1,
+            "next": {
+                "observation": torch.randn(n, OBS),
+                "reward": torch.randn(n, 1),
+                "done": torch.rand(n, 1) < 0.1,
+                "terminated": torch.zeros(n, 1, dtype=torch.bool),
+            },
         },
-    }, batch_size=[n])
+        batch_size=[n],
+    )
 
 
 def _build(seed: int) -> SimpleNamespace:
     seed_everything(seed)
-    actor = TensorDictModule(MLP(in_features=OBS, out_features=ACT, num_cells=[16], activation_class=torch.nn.Tanh),
-                             in_keys=["observation"], out_keys=["action"])
-    value = ValueOperator(MLP(in_features=OBS + ACT, out_features=1, num_cells=[16]),
-                          in_keys=["observation", "action"])
+    actor = TensorDictModule(
+        MLP(in_features=OBS, out_features=ACT, num_cells=[16], activation_class=torch.nn.Tanh),
+        in_keys=["observation"],
+        out_keys=["action"],
+    )
+    value = ValueOperator(MLP(in_features=OBS + ACT, out_features=1, num_cells=[16]), in_keys=["observation", "action"])
     loss = DDPGLoss(actor, value, delay_actor=True, delay_value=True)
     optim = torch.optim.Adam(loss.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.StepLR(optim, step_size=3, gamma=0.9)
@@ -289,5 +294,7 @@ def test_recipe_interrupted_then_resumed_ends_with_the_uninterrupted_parameters(
     _assert_same_state(finished[straight.name], finished[crashed.name])
     assert read_metrics(crashed)["train/lr"][0].tolist() == list(range(1, 11))
     assert read_metrics(crashed)["train/lr"][1].tolist() == read_metrics(straight)["train/lr"][1].tolist()
-    assert [p.name for p in Checkpointer(crashed / "checkpoints").checkpoints()] == ["step_000000006.pt",
-                                                                                    "step_000000009.pt"]
+    assert [p.name for p in Checkpointer(crashed / "checkpoints").checkpoints()] == [
+        "step_000000006.pt",
+        "step_000000009.pt",
+    ]

@@ -43,8 +43,17 @@ def recipe(tmp_path):
 def test_defaults_overrides_and_interpolation(recipe):
     cfg = load_config(recipe, [])
     assert cfg.offline.steps == 100 and cfg.eval.horizon == 100
-    cfg = load_config(recipe, ["offline.steps=7", "offline.lr=1e-3", "offline.hidden=[8, 8, 8]", "seed=3",
-                               "offline.use_ema=false", "env.name=Hopper-v5"])
+    cfg = load_config(
+        recipe,
+        [
+            "offline.steps=7",
+            "offline.lr=1e-3",
+            "offline.hidden=[8, 8, 8]",
+            "seed=3",
+            "offline.use_ema=false",
+            "env.name=Hopper-v5",
+        ],
+    )
     assert (cfg.offline.steps, cfg.offline.lr, list(cfg.offline.hidden)) == (7, 1e-3, [8, 8, 8])
     assert cfg.seed == 3 and cfg.offline.use_ema is False and cfg.env.name == "Hopper-v5"
     assert cfg.eval.horizon == 7  # interpolations follow the overrides, then are resolved
@@ -65,27 +74,42 @@ def test_struct_mode_catches_typos_in_recipe_code(recipe):
     assert cfg.logger.get("keep", 2) == 2  # optional keys read with .get still work
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["offline.stpes=5"], r"^unknown config key 'offline\.stpes' \(command line\); did you mean 'offline\.steps'\? "
-                          r"valid keys under 'offline': hidden, lr, steps, use_ema$"),
-    (["sed=1"], r"unknown config key 'sed' .*did you mean 'seed'\? valid keys at the top level: device, env, eval, "
-                r"logger, offline, resume, seed$"),
-    (["nope.deep=1"], r"unknown config key 'nope' \(command line\); valid keys at the top level"),
-    (["offline.steps=abc"], r"^config key 'offline\.steps' expects int, got 'abc' \(command line\); "
-                            r"e\.g\. offline\.steps=100$"),
-    (["offline.steps=1.5"], r"expects int, got '1\.5'"),
-    (["offline.steps="], r"expects int, got ''"),
-    (["offline.lr=fast"], r"'offline\.lr' expects float, got 'fast'.*e\.g\. offline\.lr=0\.0003"),
-    (["offline.use_ema=maybe"], r"'offline\.use_ema' expects bool \(true/false\), got 'maybe'"),
-    (["offline.hidden=64"], r"'offline\.hidden' expects list \(e\.g\. \[256, 256\]\), got '64'"),
-    (["offline=3"], r"config key 'offline' is a section with keys steps, lr, hidden, use_ema; .*offline\.steps=\.\.\."),
-    (["seed.x=1"], r"config key 'seed' is a value, not a section"),
-    (["offline.steps"], r"cannot read argument 'offline\.steps': arguments are key=value"),
-    (["--offline.steps=3"], r"cannot read argument"),
-    (["+seed=1"], r"config key 'seed' already exists; set it with seed=1 \(no '\+'\)"),
-    (["offline.hidden=[1, 2"], r"cannot parse value '\[1, 2' as YAML"),
-    (["seed=${missing}"], r"cannot resolve an interpolation"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["offline.stpes=5"],
+            r"^unknown config key 'offline\.stpes' \(command line\); did you mean 'offline\.steps'\? "
+            r"valid keys under 'offline': hidden, lr, steps, use_ema$",
+        ),
+        (
+            ["sed=1"],
+            r"unknown config key 'sed' .*did you mean 'seed'\? valid keys at the top level: device, env, eval, "
+            r"logger, offline, resume, seed$",
+        ),
+        (["nope.deep=1"], r"unknown config key 'nope' \(command line\); valid keys at the top level"),
+        (
+            ["offline.steps=abc"],
+            r"^config key 'offline\.steps' expects int, got 'abc' \(command line\); "
+            r"e\.g\. offline\.steps=100$",
+        ),
+        (["offline.steps=1.5"], r"expects int, got '1\.5'"),
+        (["offline.steps="], r"expects int, got ''"),
+        (["offline.lr=fast"], r"'offline\.lr' expects float, got 'fast'.*e\.g\. offline\.lr=0\.0003"),
+        (["offline.use_ema=maybe"], r"'offline\.use_ema' expects bool \(true/false\), got 'maybe'"),
+        (["offline.hidden=64"], r"'offline\.hidden' expects list \(e\.g\. \[256, 256\]\), got '64'"),
+        (
+            ["offline=3"],
+            r"config key 'offline' is a section with keys steps, lr, hidden, use_ema; .*offline\.steps=\.\.\.",
+        ),
+        (["seed.x=1"], r"config key 'seed' is a value, not a section"),
+        (["offline.steps"], r"cannot read argument 'offline\.steps': arguments are key=value"),
+        (["--offline.steps=3"], r"cannot read argument"),
+        (["+seed=1"], r"config key 'seed' already exists; set it with seed=1 \(no '\+'\)"),
+        (["offline.hidden=[1, 2"], r"cannot parse value '\[1, 2' as YAML"),
+        (["seed=${missing}"], r"cannot resolve an interpolation"),
+    ],
+)
 def test_bad_input_is_a_one_line_error_saying_what_is_right(recipe, argv, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_config(recipe, argv)
@@ -126,8 +150,11 @@ def test_per_task_file_overrides_only_what_it_holds(recipe, tmp_path, monkeypatc
 def test_per_task_file_is_strict_too(recipe):
     configs = recipe.parent / "configs"
     (configs / "bad.yaml").write_text("offline: {step: 5}\n")
-    with pytest.raises(ConfigError, match=r"unknown config key 'offline\.step' \(bad\.yaml\); did you mean "
-                                          r"'offline\.steps'\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown config key 'offline\.step' \(bad\.yaml\); did you mean "
+        r"'offline\.steps'\?",
+    ):
         load_config(recipe, ["config=bad.yaml"])
     (configs / "badtype.yaml").write_text("eval: {episodes: many}\n")
     with pytest.raises(ConfigError, match=r"'eval\.episodes' expects int, got 'many' \(badtype\.yaml\)"):
@@ -154,7 +181,7 @@ def test_help_prints_the_resolved_config_and_exits_0(recipe, capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "usage: python toy.py" in out
-    printed = OmegaConf.create(out[out.index("seed:"):])
+    printed = OmegaConf.create(out[out.index("seed:") :])
     assert printed.offline.steps == 9 and printed.eval.horizon == 9
 
 
@@ -177,14 +204,17 @@ def test_run_recipe_turns_config_errors_into_exit_2(recipe, capsys):
 
 
 def test_recipe_script_from_another_directory(recipe, tmp_path):
-    recipe.write_text("from diffrl.train import run_recipe\n\n"
-                      "def main(cfg):\n    print('steps', cfg.offline.steps)\n\n"
-                      "if __name__ == '__main__':\n    run_recipe(main)\n")
+    recipe.write_text(
+        "from diffrl.train import run_recipe\n\n"
+        "def main(cfg):\n    print('steps', cfg.offline.steps)\n\n"
+        "if __name__ == '__main__':\n    run_recipe(main)\n"
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     # One process (a Python start costs seconds here): the config is found from elsewhere, and the bad key is reported.
-    bad = subprocess.run([sys.executable, str(recipe), "offline.stepz=12"], cwd=elsewhere, capture_output=True,
-                         text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, str(recipe), "offline.stepz=12"], cwd=elsewhere, capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("error: unknown config key 'offline.stepz'")
     assert "Traceback" not in bad.stderr and bad.stderr.strip().count("\n") == 0

@@ -103,8 +103,11 @@ def test_resolve_device_is_explicit_about_what_is_missing(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
-    with pytest.raises(ConfigError, match=r"device=cuda:1 asked for CUDA but none is available .*"
-                                          r"use device=cpu or device=auto"):
+    with pytest.raises(
+        ConfigError,
+        match=r"device=cuda:1 asked for CUDA but none is available .*"
+        r"use device=cpu or device=auto",
+    ):
         resolve_device("cuda:1")
     with pytest.raises(ConfigError, match=r"unknown device 'gpu0'; accepted: auto, cpu, cuda, cuda:N, mps"):
         resolve_device("gpu0")

@@ -46,8 +46,11 @@ def test_unknown_backend_and_missing_extra_are_one_line_errors(tmp_path, monkeyp
         MetricLogger(tmp_path, backend="tb")
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name))
-    with pytest.raises(ConfigError, match=r"logger\.backend=wandb needs the 'wandb' package.*"
-                                          r"pip install 'diffrl\[wandb\]' or use logger\.backend=csv"):
+    with pytest.raises(
+        ConfigError,
+        match=r"logger\.backend=wandb needs the 'wandb' package.*"
+        r"pip install 'diffrl\[wandb\]' or use logger\.backend=csv",
+    ):
         MetricLogger(tmp_path, backend="wandb")
 
 
@@ -86,16 +89,32 @@ def test_plot_overlays_runs_into_a_png(tmp_path, capsys):
             for step in range(0, 100, 10):
                 logger.log({"eval/return": slope * step, "eval/normalized_score": slope}, step)
     out = tmp_path / "fig" / "curve.png"
-    assert plot_main([str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "eval/return", "--metric",
-                      "eval/normalized_score", "--out", str(out), "--smooth", "3"]) == 0
+    assert (
+        plot_main(
+            [
+                str(tmp_path / "a"),
+                str(tmp_path / "b"),
+                "--metric",
+                "eval/return",
+                "--metric",
+                "eval/normalized_score",
+                "--out",
+                str(out),
+                "--smooth",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
     assert capsys.readouterr().out.strip() == str(out)
     # default metric: the normalized score when present; default place: inside the single run
     assert plot_runs([tmp_path / "a"]) == tmp_path / "a" / "learning_curve.png"
     assert plot_main([str(tmp_path / "a"), "--metric", "eval/retrun"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: metric 'eval/retrun' is in none of the runs; available: eval/normalized_score, "
-                          "eval/return")
+    assert err.startswith(
+        "error: metric 'eval/retrun' is in none of the runs; available: eval/normalized_score, eval/return"
+    )
     assert plot_main([str(tmp_path / "missing")]) == 2
     assert "error: no metrics in" in capsys.readouterr().err
 

@@ -138,7 +138,12 @@ def q(
         torch.Size([4, 1])
     """
     return twin_q(
-        obs_dim, action_dim, num_nets=1, hidden_sizes=hidden_sizes, activation=activation, in_keys=in_keys,
+        obs_dim,
+        action_dim,
+        num_nets=1,
+        hidden_sizes=hidden_sizes,
+        activation=activation,
+        in_keys=in_keys,
         out_keys=out_keys,
     )
 

@@ -283,9 +283,7 @@ class DiffusionActor(TensorDictModuleBase):
                 f"DiffusionActor reads {self.in_keys[0]!r}, which is missing from the input (keys: "
                 f"{list(tensordict.keys(True, True))}). Pass in_keys=[...] to read another key."
             )
-        action = self.sample(
-            observation, grad=torch.is_grad_enabled(), deterministic=self.is_deterministic_mode()
-        )
+        action = self.sample(observation, grad=torch.is_grad_enabled(), deterministic=self.is_deterministic_mode())
         tensordict.set(self.out_keys[0], action)
         return tensordict
 

@@ -56,8 +56,9 @@ class ConditionalNoiseNet(nn.Module):
             raise ValueError(f"input_order must be a permutation of {_PARTS}, got {tuple(input_order)}.")
         for label, value in (("action_dim", action_dim), ("obs_dim", obs_dim)):
             if not isinstance(value, int) or value < (1 if label == "action_dim" else 0):
-                raise ValueError(f"{label} must be a {'positive' if label == 'action_dim' else 'non-negative'} int, "
-                                 f"got {value!r}.")
+                raise ValueError(
+                    f"{label} must be a {'positive' if label == 'action_dim' else 'non-negative'} int, got {value!r}."
+                )
         self.action_dim = action_dim
         self.obs_dim = obs_dim
         self.time_dim = time_dim
@@ -223,7 +224,12 @@ class QSMNoiseNet(ConditionalNoiseNet):
             fourier, MLP(fourier.dim, time_hidden[-1], time_hidden[:-1], activation=activation)
         )
         super().__init__(
-            action_dim, obs_dim, time_encoder, time_hidden[-1], hidden_sizes, activation,
+            action_dim,
+            obs_dim,
+            time_encoder,
+            time_hidden[-1],
+            hidden_sizes,
+            activation,
             ("action", "condition", "time"),
         )
 

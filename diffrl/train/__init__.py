@@ -40,8 +40,15 @@ from typing import TYPE_CHECKING, Any
 # public name -> defining module; attributes load on first access (PEP 562).
 _EXPORTS = {
     "config": ("ConfigError", "config_path", "load_config", "run_recipe", "to_yaml"),
-    "seeding": ("env_rng_state", "resolve_device", "rng_state", "seed_env", "seed_everything", "set_env_rng_state",
-                "set_rng_state"),
+    "seeding": (
+        "env_rng_state",
+        "resolve_device",
+        "rng_state",
+        "seed_env",
+        "seed_everything",
+        "set_env_rng_state",
+        "set_rng_state",
+    ),
     "metrics": ("BACKENDS", "MetricLogger", "read_metrics"),
     "progress": ("Progress", "Timer", "format_summary", "make_progress"),
     "evaluation": ("evaluate", "normalized_score"),

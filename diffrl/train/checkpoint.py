@@ -68,8 +68,10 @@ class without_contents:  # noqa: N801 (reads as a function at the call site: rb=
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         state = dict(state)
         if len(self.buffer) != state["_len"]:
-            raise CheckpointError(f"the replay buffer holds {len(self.buffer)} items but was checkpointed with "
-                                  f"{state['_len']}; refill it identically before loading (contents are not saved)")
+            raise CheckpointError(
+                f"the replay buffer holds {len(self.buffer)} items but was checkpointed with "
+                f"{state['_len']}; refill it identically before loading (contents are not saved)"
+            )
         del state["_len"]
         state["_storage"] = self.buffer._storage.state_dict()  # keep what is there
         self.buffer.load_state_dict(state)
@@ -146,8 +148,10 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         where = Path(path).resolve()
         if not where.exists():
             raise CheckpointError(f"resume path not found: {where}; pass a run directory or a checkpoint file")
-        raise CheckpointError(f"no checkpoint in {where} (looked for step_*.pt there and in its checkpoints/ "
-                              "directory); pass a run directory that saved checkpoints, or a checkpoint file")
+        raise CheckpointError(
+            f"no checkpoint in {where} (looked for step_*.pt there and in its checkpoints/ "
+            "directory); pass a run directory that saved checkpoints, or a checkpoint file"
+        )
     return found
 
 
@@ -218,8 +222,15 @@ class Checkpointer:
         self._prune(keep_path=path)
         return path
 
-    def load(self, path: str | os.PathLike | None = None, *, restore_rng: bool = True, strict: bool = True,
-             map_location: str | torch.device | None = "cpu", **objects: Any) -> dict[str, Any]:
+    def load(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        restore_rng: bool = True,
+        strict: bool = True,
+        map_location: str | torch.device | None = "cpu",
+        **objects: Any,
+    ) -> dict[str, Any]:
         """Restore ``objects`` in place from a checkpoint and return its step and plain values.
 
         Args:
@@ -246,12 +257,16 @@ class Checkpointer:
         forgotten = [name for name, kind in kinds.items() if kind != "value" and name not in objects]
         if missing or (strict and forgotten):
             problem = f"not in it: {', '.join(missing)}" if missing else f"not passed to load: {', '.join(forgotten)}"
-            raise CheckpointError(f"checkpoint {file} holds {', '.join(sorted(states)) or 'nothing'}; {problem}; "
-                                  "pass the same names as save (or strict=False to skip some)")
+            raise CheckpointError(
+                f"checkpoint {file} holds {', '.join(sorted(states)) or 'nothing'}; {problem}; "
+                "pass the same names as save (or strict=False to skip some)"
+            )
         for name, obj in objects.items():
             if kinds[name] == "value":
-                raise CheckpointError(f"'{name}' was saved as a plain value and cannot be restored in place; "
-                                      f"read it from the returned dict: state[{name!r}]")
+                raise CheckpointError(
+                    f"'{name}' was saved as a plain value and cannot be restored in place; "
+                    f"read it from the returned dict: state[{name!r}]"
+                )
             try:
                 _unpack(obj, kinds[name], states[name])
             except CheckpointError:

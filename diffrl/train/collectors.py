@@ -173,8 +173,15 @@ def make_collector(
         collector = Collector(env_fn, policy, init_random_frames=init_random_frames, **kwargs)
     elif backend == "process":
         # The parent process counts init_random_frames on the total collected and tells workers to act randomly.
-        collector = Collector(env_fn, policy, backend="process", num_collectors=workers, sync=bool(opts["sync"]),
-                              init_random_frames=init_random_frames, **kwargs)
+        collector = Collector(
+            env_fn,
+            policy,
+            backend="process",
+            num_collectors=workers,
+            sync=bool(opts["sync"]),
+            init_random_frames=init_random_frames,
+            **kwargs,
+        )
     else:
         collector = _ray_collector(opts, env_fn, policy, init_random_frames, kwargs)
     if seed is not None:
@@ -202,8 +209,9 @@ def _resource_numbers(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ray_collector(opts: dict[str, Any], env_fn: Callable, policy: Any, init_random_frames: int,
-                   kwargs: dict[str, Any]):
+def _ray_collector(
+    opts: dict[str, Any], env_fn: Callable, policy: Any, init_random_frames: int, kwargs: dict[str, Any]
+):
     """TorchRL's ``RayCollector`` with one single-env ``Collector`` per remote worker."""
     try:
         import ray  # noqa: F401
@@ -224,8 +232,16 @@ def _ray_collector(opts: dict[str, Any], env_fn: Callable, policy: Any, init_ran
     if ray_remote:
         options["remote_configs"] = dict(ray_remote)
     # RayCollector divides the total among its remote collectors itself.
-    collector = Collector(env_fn, policy, backend="ray", num_collectors=workers, sync=bool(opts["sync"]),
-                          init_random_frames=init_random_frames, backend_options=options, **kwargs)
+    collector = Collector(
+        env_fn,
+        policy,
+        backend="ray",
+        num_collectors=workers,
+        sync=bool(opts["sync"]),
+        init_random_frames=init_random_frames,
+        backend_options=options,
+        **kwargs,
+    )
     # Its weight synchronisation starts lazily, at the first update: start it now so the workers act with the
     # policy's current weights from the first batch on (and TorchRL does not warn about it).
     collector.update_policy_weights_()

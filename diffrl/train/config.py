@@ -47,7 +47,6 @@ _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")  # "1e-3": a f
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-
 def _now(fmt: str = "%Y%m%d-%H%M%S") -> str:
     return datetime.now().strftime(fmt)
 
@@ -121,8 +120,9 @@ def load_config(recipe: str | os.PathLike, argv: Sequence[str] | None = None) ->
     schema = _read_yaml(path, what=f"config of recipe '{path.stem}'")
     for key in _RESERVED:
         if key in schema:
-            raise ConfigError(f"{path} defines the reserved key '{key}' (on the command line it names per-task "
-                              "files); rename it")
+            raise ConfigError(
+                f"{path} defines the reserved key '{key}' (on the command line it names per-task files); rename it"
+            )
 
     show_help, task_files, overrides = _parse_argv(argv)
     cfg = copy.deepcopy(schema)
@@ -167,8 +167,9 @@ def to_yaml(cfg: DictConfig | Mapping) -> str:
     return OmegaConf.to_yaml(conf, resolve=True)
 
 
-def run_recipe(main: Callable[[DictConfig], Any], recipe: str | os.PathLike | None = None,
-               argv: Sequence[str] | None = None) -> Any:
+def run_recipe(
+    main: Callable[[DictConfig], Any], recipe: str | os.PathLike | None = None, argv: Sequence[str] | None = None
+) -> Any:
     """Run ``main(cfg)`` as a command: load the config, and turn bad-input errors into one line and exit status 2.
 
     A recipe ends with ``if __name__ == "__main__": run_recipe(main)``. ``ConfigError`` and registry lookup errors
@@ -216,8 +217,10 @@ def _parse_argv(argv: list[str]) -> tuple[bool, list[str], list[tuple[str, str, 
             continue
         key, sep, raw = arg.partition("=")
         if not sep or not key or key.startswith("-"):
-            raise ConfigError(f"cannot read argument {arg!r}: arguments are key=value (e.g. offline.steps=1000), "
-                              "+new.key=value, config=task.yaml or --help")
+            raise ConfigError(
+                f"cannot read argument {arg!r}: arguments are key=value (e.g. offline.steps=1000), "
+                "+new.key=value, config=task.yaml or --help"
+            )
         add = key.startswith("+")
         key = key.lstrip("+")
         if key == "config":
@@ -233,8 +236,9 @@ def _parse_value(raw: str) -> Any:
     try:
         return yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"cannot parse value {raw!r} as YAML ({_one_line(err)}); quote strings, "
-                          "write lists as [1, 2]") from None
+        raise ConfigError(
+            f"cannot parse value {raw!r} as YAML ({_one_line(err)}); quote strings, write lists as [1, 2]"
+        ) from None
 
 
 def _read_yaml(path: Path, *, what: str) -> dict:
@@ -340,8 +344,10 @@ def _unknown_key(full: str, level: Mapping, source: str) -> None:
 
 def _not_a_section(full: str, section: Mapping, got: Any, source: str) -> None:
     first = next(iter(section), "key")
-    raise ConfigError(f"config key '{full}' is a section with keys {', '.join(map(str, section))}; got {got!r} "
-                      f"({source}); set one of its keys, e.g. {full}.{first}=...")
+    raise ConfigError(
+        f"config key '{full}' is a section with keys {', '.join(map(str, section))}; got {got!r} "
+        f"({source}); set one of its keys, e.g. {full}.{first}=..."
+    )
 
 
 def _check_type(key: str, value: Any, default: Any, *, source: str, raw: str | None = None) -> Any:
@@ -375,8 +381,9 @@ def _check_type(key: str, value: Any, default: Any, *, source: str, raw: str | N
         expected = "list (e.g. [256, 256])"
     else:
         return value
-    raise ConfigError(f"config key '{key}' expects {expected}, got {shown!r} ({source}); "
-                      f"e.g. {key}={_format_default(default)}")
+    raise ConfigError(
+        f"config key '{key}' expects {expected}, got {shown!r} ({source}); e.g. {key}={_format_default(default)}"
+    )
 
 
 def _is_interpolation(value: Any) -> bool:
@@ -384,8 +391,9 @@ def _is_interpolation(value: Any) -> bool:
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "bool (true/false)", int: "int", float: "float", str: "str", list: "list"}.get(type(value),
-                                                                                             type(value).__name__)
+    return {bool: "bool (true/false)", int: "int", float: "float", str: "str", list: "list"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _format_default(default: Any) -> str:

@@ -56,8 +56,9 @@ def build_edis(cfg: Mapping[str, Any], *, obs_dim: int, action_dim: int, device:
     from diffrl import registry
 
     try:
-        return registry.build("transform", cfg, obs_dim=obs_dim, action_dim=action_dim, device=str(device),
-                              seed=int(seed))
+        return registry.build(
+            "transform", cfg, obs_dim=obs_dim, action_dim=action_dim, device=str(device), seed=int(seed)
+        )
     except (TypeError, ValueError) as err:  # option names and values come from the config: a user error
         raise ConfigError(f"invalid edis config: {err}") from err
 
@@ -86,8 +87,10 @@ class EDISHook(O2OHook):
 
     def __init__(self, edis: Any, policy: Any, *, every: int, extra_updates: int = 0, verbose: bool = True) -> None:
         if int(every) < 0 or int(extra_updates) < 0:
-            raise ConfigError(f"EDIS retrain interval and extra updates must be >= 0, got every={every}, "
-                              f"extra_updates={extra_updates}")
+            raise ConfigError(
+                f"EDIS retrain interval and extra updates must be >= 0, got every={every}, "
+                f"extra_updates={extra_updates}"
+            )
         super().__init__(on_switch=self.start, on_interval=self.regenerate, every=int(every))
         self.edis = edis
         self.policy = policy
@@ -109,8 +112,10 @@ class EDISHook(O2OHook):
         elif self.edis.pool is None:  # resumed: the models came back from the checkpoint, the pool did not
             start = time.perf_counter()
             self.edis.refresh()
-            self._say(f"EDIS: drew a pool of {self.edis.pool.shape[0]} samples from the restored generator in "
-                      f"{time.perf_counter() - start:.1f} s")
+            self._say(
+                f"EDIS: drew a pool of {self.edis.pool.shape[0]} samples from the restored generator in "
+                f"{time.perf_counter() - start:.1f} s"
+            )
 
     def regenerate(self, loop: Any) -> None:
         """Every ``every`` online env steps: retrain on offline + online data, regenerate the pool."""
@@ -121,8 +126,9 @@ class EDISHook(O2OHook):
     def _fit(self, loop: Any) -> None:
         online = loop.online_rb if len(loop.online_rb) > 0 else None
         start = time.perf_counter()
-        metrics = self.edis.fit([loop.offline_rb, loop.online_rb], online=online,
-                                policy=self.policy if online is not None else None)
+        metrics = self.edis.fit(
+            [loop.offline_rb, loop.online_rb], online=online, policy=self.policy if online is not None else None
+        )
         seconds = time.perf_counter() - start
         self.regenerations += 1
         self.seconds += seconds
@@ -134,8 +140,8 @@ class EDISHook(O2OHook):
         self._say(
             f"EDIS: {'guided' if guided else 'unguided'} pool of {self.edis.pool.shape[0]} samples at online step "
             f"{loop.step - loop.settings.offline_steps} in {seconds:.1f} s (diffusion loss "
-            f"{metrics['diffusion_loss']:.3f}" + (f"; energy InfoNCE {energies}, chance {chance:.2f})" if guided
-                                                   else "; no online data yet: no energies)")
+            f"{metrics['diffusion_loss']:.3f}"
+            + (f"; energy InfoNCE {energies}, chance {chance:.2f})" if guided else "; no online data yet: no energies)")
         )
         for _ in range(self.extra_updates):
             pool = self.edis.pool

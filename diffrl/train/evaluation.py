@@ -37,10 +37,18 @@ def normalized_score(returns: float | torch.Tensor, ref_min_score: float, ref_ma
     return 100.0 * (returns - ref_min_score) / (ref_max_score - ref_min_score)
 
 
-def evaluate(env: Any, policy: Callable[[TensorDictBase], TensorDictBase], episodes: int, *,
-             max_steps: int | None = None, ref_min_score: float | None = None, ref_max_score: float | None = None,
-             exploration: str = "deterministic", reward_key: Any = ("next", "reward"),
-             done_key: Any = ("next", "done")) -> dict[str, float]:
+def evaluate(
+    env: Any,
+    policy: Callable[[TensorDictBase], TensorDictBase],
+    episodes: int,
+    *,
+    max_steps: int | None = None,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    exploration: str = "deterministic",
+    reward_key: Any = ("next", "reward"),
+    done_key: Any = ("next", "done"),
+) -> dict[str, float]:
     """Run ``episodes`` episodes of ``policy`` in ``env`` and summarise them.
 
     Args:
@@ -75,8 +83,9 @@ def evaluate(env: Any, policy: Callable[[TensorDictBase], TensorDictBase], episo
     if exploration not in _MODES:
         raise ValueError(f"unknown exploration {exploration!r}; accepted: {', '.join(_MODES)}")
     if (ref_min_score is None) != (ref_max_score is None):
-        raise ValueError("give both ref_min_score and ref_max_score, or neither "
-                         f"(got {ref_min_score!r} and {ref_max_score!r})")
+        raise ValueError(
+            f"give both ref_min_score and ref_max_score, or neither (got {ref_min_score!r} and {ref_max_score!r})"
+        )
     horizon = int(max_steps) if max_steps is not None else 100_000
     mode = getattr(ExplorationType, exploration.upper())
     batch = math.prod(env.batch_size) if len(env.batch_size) else 1
@@ -88,8 +97,9 @@ def evaluate(env: Any, policy: Callable[[TensorDictBase], TensorDictBase], episo
     try:
         with torch.no_grad(), set_exploration_type(mode):
             while len(returns) < episodes:
-                rollout = env.rollout(horizon, policy, break_when_any_done=batch == 1,
-                                      break_when_all_done=batch > 1 or None)
+                rollout = env.rollout(
+                    horizon, policy, break_when_any_done=batch == 1, break_when_all_done=batch > 1 or None
+                )
                 ret, length = _episode_stats(rollout, env.batch_size, reward_key, done_key)
                 returns.extend(ret.tolist())
                 lengths.extend(length.tolist())
@@ -110,8 +120,9 @@ def evaluate(env: Any, policy: Callable[[TensorDictBase], TensorDictBase], episo
     return out
 
 
-def _episode_stats(rollout: TensorDictBase, batch_size: torch.Size, reward_key: Any,
-                   done_key: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _episode_stats(
+    rollout: TensorDictBase, batch_size: torch.Size, reward_key: Any, done_key: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-episode return and length from a rollout shaped [*batch, T], counting steps up to the first done only."""
     ndim = len(batch_size)
     reward = rollout.get(reward_key).to(torch.float64)

@@ -56,8 +56,14 @@ class MetricLogger:
         ([10, 20], [-12.5, -3.0], 'seed: 0\\n')
     """
 
-    def __init__(self, run_dir: str | os.PathLike, backend: str = "csv", *,
-                 config: DictConfig | Mapping | None = None, project: str | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        backend: str = "csv",
+        *,
+        config: DictConfig | Mapping | None = None,
+        project: str | None = None,
+    ) -> None:
         check_backend(backend)
         from torchrl.record.loggers import CSVLogger
 
@@ -74,8 +80,9 @@ class MetricLogger:
         elif backend == "wandb":
             from torchrl.record.loggers import WandbLogger
 
-            self._loggers.append(WandbLogger(exp_name=self.dir.name, save_dir=str(self.dir),
-                                             project=project or "diffrl"))
+            self._loggers.append(
+                WandbLogger(exp_name=self.dir.name, save_dir=str(self.dir), project=project or "diffrl")
+            )
         if config is not None:
             self.save_config(config)
 
@@ -151,8 +158,10 @@ def check_backend(backend: str) -> None:
     if backend in _EXTRAS:
         package, extra = _EXTRAS[backend]
         if importlib.util.find_spec(package) is None:
-            raise ConfigError(f"logger.backend={backend} needs the {package!r} package, which is not installed; "
-                              f"pip install 'diffrl[{extra}]' or use logger.backend=csv")
+            raise ConfigError(
+                f"logger.backend={backend} needs the {package!r} package, which is not installed; "
+                f"pip install 'diffrl[{extra}]' or use logger.backend=csv"
+            )
 
 
 def _to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -162,11 +171,14 @@ def _to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
         name = "/".join(key) if isinstance(key, tuple) else str(key)
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:
-                raise ValueError(f"metric {name!r} has {value.numel()} elements (shape {tuple(value.shape)}); "
-                                 "log a scalar, e.g. value.mean()")
+                raise ValueError(
+                    f"metric {name!r} has {value.numel()} elements (shape {tuple(value.shape)}); "
+                    "log a scalar, e.g. value.mean()"
+                )
             tensors[name] = value.detach().reshape(())
         elif isinstance(value, (int, float, np.number, np.bool_, bool)) or (
-                isinstance(value, np.ndarray) and value.size == 1):
+            isinstance(value, np.ndarray) and value.size == 1
+        ):
             out[name] = float(value)
         else:
             raise TypeError(f"metric {name!r} is a {type(value).__name__}; log numbers or one-element tensors")
@@ -204,8 +216,10 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
     """
     root = scalars_dir(run_dir)
     if root is None:
-        raise FileNotFoundError(f"no metrics in {Path(run_dir).resolve()}: expected CSV files under <run_dir>/scalars/ "
-                                "(written by diffrl's MetricLogger / TorchRL's CSVLogger)")
+        raise FileNotFoundError(
+            f"no metrics in {Path(run_dir).resolve()}: expected CSV files under <run_dir>/scalars/ "
+            "(written by diffrl's MetricLogger / TorchRL's CSVLogger)"
+        )
     out = {}
     for path in sorted(root.rglob("*.csv")):
         rows = sorted(_read_csv(path), key=lambda row: row[0])

@@ -109,15 +109,18 @@ class O2OSettings:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.mixing_ratio is not None and not 0.0 <= float(self.mixing_ratio) <= 1.0:
-            raise ValueError(f"mixing_ratio must be in [0, 1] or null (uniform over offline + online data), "
-                             f"got {self.mixing_ratio}")
+            raise ValueError(
+                f"mixing_ratio must be in [0, 1] or null (uniform over offline + online data), got {self.mixing_ratio}"
+            )
         if float(self.utd_ratio) <= 0:
             raise ValueError(f"utd_ratio (updates per env step) must be > 0, got {self.utd_ratio}")
         if self.buffer_size is None:
             self.buffer_size = max(int(self.online_steps), 1)
         if self.checkpoint_every is not None and int(self.checkpoint_every) < 1:
-            raise ValueError(f"checkpoint_every must be a positive integer or null (at every evaluation), "
-                             f"got {self.checkpoint_every}")
+            raise ValueError(
+                f"checkpoint_every must be a positive integer or null (at every evaluation), "
+                f"got {self.checkpoint_every}"
+            )
 
     @property
     def total_steps(self) -> int:
@@ -181,10 +184,21 @@ class OfflineToOnline:
         >>> result = loop.run()  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: O2OSettings | Mapping[str, Any], *, update: Callable[[TensorDictBase], Any],
-                 offline_rb: Any, env: Any, policy: Callable, run: Any, eval_env: Any = None,
-                 checkpoint: Mapping[str, Any] | None = None, hooks: Iterable[O2OHook] = (), name: str = "o2o",
-                 progress_keys: Iterable[str] | None = ("train/loss_qvalue", "eval/normalized_score")) -> None:
+    def __init__(
+        self,
+        cfg: O2OSettings | Mapping[str, Any],
+        *,
+        update: Callable[[TensorDictBase], Any],
+        offline_rb: Any,
+        env: Any,
+        policy: Callable,
+        run: Any,
+        eval_env: Any = None,
+        checkpoint: Mapping[str, Any] | None = None,
+        hooks: Iterable[O2OHook] = (),
+        name: str = "o2o",
+        progress_keys: Iterable[str] | None = ("train/loss_qvalue", "eval/normalized_score"),
+    ) -> None:
         self.settings = cfg if isinstance(cfg, O2OSettings) else O2OSettings.from_config(cfg)
         self.update = update
         self.offline_rb = offline_rb
@@ -204,8 +218,9 @@ class OfflineToOnline:
         self.online_rb = make_online_buffer(self.settings.buffer_size, device)
         ratio = self.settings.mixing_ratio
         fractions = None if ratio is None else {"offline": float(ratio), "online": 1.0 - float(ratio)}
-        self.mixer = BatchMixer({"offline": offline_rb, "online": self.online_rb}, fractions,
-                                batch_size=self.settings.batch_size)
+        self.mixer = BatchMixer(
+            {"offline": offline_rb, "online": self.online_rb}, fractions, batch_size=self.settings.batch_size
+        )
         self.step, self.updates, self.phase = 0, 0, "offline"
         self.phase_scores: dict[str, dict[str, float]] = {}
         self._credit = 0.0  # fractional updates owed (utd_ratio < 1 or non-integer)
@@ -228,8 +243,10 @@ class OfflineToOnline:
         line = format_summary(self.name, self.step - start, seconds, self.record.logger.last)
         offline_score = self.phase_scores.get("offline", {}).get("eval/normalized_score")
         if offline_score is not None and "online" in self.phase_scores:
-            line += f" | normalized score offline {offline_score:.1f} -> online " \
-                    f"{self.phase_scores['online']['eval/normalized_score']:.1f}"
+            line += (
+                f" | normalized score offline {offline_score:.1f} -> online "
+                f"{self.phase_scores['online']['eval/normalized_score']:.1f}"
+            )
         print(line, flush=True)
         return {**self.phase_scores, "steps": self.step, "updates": self.updates, "seconds": seconds}
 
@@ -241,16 +258,23 @@ class OfflineToOnline:
         refs = {}
         if getattr(rb, "has_reference_scores", False):
             refs = {"ref_min_score": rb.ref_min_score, "ref_max_score": rb.ref_max_score}
-        out = evaluate(self.eval_env, self.policy, self.settings.eval_episodes,
-                       exploration=self.settings.eval_exploration, **refs)
+        out = evaluate(
+            self.eval_env, self.policy, self.settings.eval_episodes, exploration=self.settings.eval_exploration, **refs
+        )
         self.record.log(out, self.step)
         self._metrics.update(out)
         return out
 
     def save(self) -> None:
         """Write a checkpoint at the current global step (the recipe's objects plus the loop's)."""
-        state = {"phase": self.phase, "step": self.step, "updates": self.updates, "credit": self._credit,
-                 "phase_scores": self.phase_scores, "episodes": self._tracker.episodes}
+        state = {
+            "phase": self.phase,
+            "step": self.step,
+            "updates": self.updates,
+            "credit": self._credit,
+            "phase_scores": self.phase_scores,
+            "episodes": self._tracker.episodes,
+        }
         self.record.save(self.step, **self._stateful(), **{_LOOP_STATE: state})
 
     # ------------------------------------------------------------------------------------------------------ phases
@@ -273,8 +297,14 @@ class OfflineToOnline:
         for hook in self.hooks:
             if hook.on_switch is not None:
                 hook.on_switch(self)
-        collector = Collector(self.env, self.policy, frames_per_batch=s.frames_per_batch, total_frames=-1,
-                              exploration_type=ExplorationType.RANDOM, auto_register_policy_transforms=False)
+        collector = Collector(
+            self.env,
+            self.policy,
+            frames_per_batch=s.frames_per_batch,
+            total_frames=-1,
+            exploration_type=ExplorationType.RANDOM,
+            auto_register_policy_transforms=False,
+        )
         bar = make_progress(s.online_steps, "online", initial=self.step - s.offline_steps, keys=self.progress_keys)
         try:
             for data in collector:

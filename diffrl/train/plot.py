@@ -40,8 +40,14 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (cumsum[idx] - cumsum[lo]) / (idx - lo)
 
 
-def plot_runs(run_dirs: Sequence[str | os.PathLike], metrics: Sequence[str] | None = None,
-              out: str | os.PathLike | None = None, *, smooth: int = 1, title: str | None = None) -> Path:
+def plot_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    metrics: Sequence[str] | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    smooth: int = 1,
+    title: str | None = None,
+) -> Path:
     """Draw the learning curves of ``run_dirs`` into a PNG and return its path.
 
     Args:
@@ -75,8 +81,10 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], metrics: Sequence[str] | No
     if not metrics:
         default = next((m for m in _DEFAULT_METRICS if any(m in r for r in runs)), None)
         if default is None:
-            raise ValueError(f"none of {', '.join(_DEFAULT_METRICS)} in the runs; pick one with --metric from: "
-                             f"{', '.join(available) or '(no metrics)'}")
+            raise ValueError(
+                f"none of {', '.join(_DEFAULT_METRICS)} in the runs; pick one with --metric from: "
+                f"{', '.join(available) or '(no metrics)'}"
+            )
         metrics = [default]
     for metric in metrics:
         if not any(metric in r for r in runs):
@@ -108,8 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``diffrl-plot``); returns the exit status (0, or 2 on bad input)."""
     parser = argparse.ArgumentParser(prog="diffrl-plot", description="Plot learning curves of diffrl runs to a PNG.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
-    parser.add_argument("--metric", action="append", dest="metrics",
-                        help="metric to plot (repeatable; default eval/normalized_score, else eval/return)")
+    parser.add_argument(
+        "--metric",
+        action="append",
+        dest="metrics",
+        help="metric to plot (repeatable; default eval/normalized_score, else eval/return)",
+    )
     parser.add_argument("--out", help="PNG path (default RUN_DIR/learning_curve.png for one run)")
     parser.add_argument("--smooth", type=int, default=1, help="moving-average window in points (default 1)")
     parser.add_argument("--title", help="figure title")

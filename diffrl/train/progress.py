@@ -41,8 +41,16 @@ class Progress:
         >>> bar.close()
     """
 
-    def __init__(self, total: int, desc: str = "", *, initial: int = 0, keys: Iterable[str] | None = None,
-                 max_shown: int = 4, disable: bool | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        desc: str = "",
+        *,
+        initial: int = 0,
+        keys: Iterable[str] | None = None,
+        max_shown: int = 4,
+        disable: bool | None = None,
+    ) -> None:
         if disable is None:
             flag = os.environ.get("DIFFRL_PROGRESS", "").strip()
             disable = {"1": False, "0": True}.get(flag)
@@ -50,8 +58,15 @@ class Progress:
         self.max_shown = max_shown
         self.postfix: dict[str, str] = {}
         self._n = initial  # counted here: a disabled tqdm bar does not count
-        self._bar = tqdm(total=total, desc=desc, initial=initial, disable=disable, dynamic_ncols=True,
-                         mininterval=0.5, smoothing=0.05)
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            initial=initial,
+            disable=disable,
+            dynamic_ncols=True,
+            mininterval=0.5,
+            smoothing=0.05,
+        )
 
     @property
     def n(self) -> int:
@@ -64,7 +79,7 @@ class Progress:
             names = self.keys if self.keys is not None else list(metrics)
             shown = {name: _format_value(metrics[name]) for name in names if name in metrics}
             self.postfix.update(shown)
-            self.postfix = dict(list(self.postfix.items())[-self.max_shown:])
+            self.postfix = dict(list(self.postfix.items())[-self.max_shown :])
             self._bar.set_postfix(self.postfix, refresh=False)
         self._n += n
         self._bar.update(n)
@@ -120,8 +135,13 @@ class Timer:
         return steps / elapsed if elapsed > 0 else 0.0
 
 
-def format_summary(name: str, steps: int, seconds: float, metrics: Mapping[str, Any] | None = None,
-                   keys: Iterable[str] = ("eval/return", "eval/normalized_score")) -> str:
+def format_summary(
+    name: str,
+    steps: int,
+    seconds: float,
+    metrics: Mapping[str, Any] | None = None,
+    keys: Iterable[str] = ("eval/return", "eval/normalized_score"),
+) -> str:
     """The one-line summary a recipe prints at the end.
 
     Example:

@@ -50,8 +50,14 @@ class BatchMixer:
         (2, {'offline': 2, 'online': 6})
     """
 
-    def __init__(self, sources: Mapping[str, Any], fractions: Mapping[str, float] | None = None, *,
-                 batch_size: int | None = None, transform: Callable[[TensorDictBase], TensorDictBase] | None = None):
+    def __init__(
+        self,
+        sources: Mapping[str, Any],
+        fractions: Mapping[str, float] | None = None,
+        *,
+        batch_size: int | None = None,
+        transform: Callable[[TensorDictBase], TensorDictBase] | None = None,
+    ):
         self.sources: dict[str, Any] = dict(sources)
         self.fractions: dict[str, float] | None = None
         self.set_fractions(fractions)
@@ -65,8 +71,10 @@ class BatchMixer:
         if fraction is None:
             return
         if self.fractions is None:
-            raise ValueError("this mixer samples uniformly over the union (fractions=None); call set_fractions with "
-                             "a fraction for every source instead")
+            raise ValueError(
+                "this mixer samples uniformly over the union (fractions=None); call set_fractions with "
+                "a fraction for every source instead"
+            )
         others = {k: v for k, v in self.fractions.items() if k != name}
         total = sum(others.values())
         rest = 1.0 - float(fraction)
@@ -83,8 +91,9 @@ class BatchMixer:
             raise ValueError(f"fractions name unknown sources {unknown}; sources: {sorted(self.sources)}")
         values = {name: float(f) for name, f in fractions.items()}
         if any(f < 0 for f in values.values()) or abs(sum(values.values()) - 1.0) > 1e-6:
-            raise ValueError(f"fractions must be non-negative and sum to 1, got {values}; e.g. "
-                             "{'offline': 0.5, 'online': 0.5}")
+            raise ValueError(
+                f"fractions must be non-negative and sum to 1, got {values}; e.g. {{'offline': 0.5, 'online': 0.5}}"
+            )
         self.fractions = values
 
     def counts(self, batch_size: int | None = None) -> dict[str, int]:
@@ -135,8 +144,9 @@ class BatchMixer:
     def _batch_size(self, batch_size: int | None) -> int:
         batch_size = self.batch_size if batch_size is None else batch_size
         if batch_size is None or int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}; pass it to sample() or "
-                             "to the mixer")
+            raise ValueError(
+                f"batch_size must be a positive integer, got {batch_size!r}; pass it to sample() or to the mixer"
+            )
         return int(batch_size)
 
     def __repr__(self) -> str:
@@ -182,8 +192,11 @@ class StoredItems:
 
     def state_dict(self) -> dict[str, Any]:
         n = len(self.buffer)
-        return {"items": self.buffer.storage[0:n].clone() if n else None, "capacity": self.buffer.storage.max_size,
-                "writer": dict(self.buffer._writer.state_dict())}
+        return {
+            "items": self.buffer.storage[0:n].clone() if n else None,
+            "capacity": self.buffer.storage.max_size,
+            "writer": dict(self.buffer._writer.state_dict()),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         from diffrl.train.checkpoint import CheckpointError
@@ -191,8 +204,10 @@ class StoredItems:
         items, capacity = state["items"], self.buffer.storage.max_size
         n = 0 if items is None else int(items.shape[0])
         if n > capacity:
-            raise CheckpointError(f"the checkpoint holds {n} online transitions but the online buffer now holds at "
-                                  f"most {capacity}; raise online.buffer_size to at least {n}")
+            raise CheckpointError(
+                f"the checkpoint holds {n} online transitions but the online buffer now holds at "
+                f"most {capacity}; raise online.buffer_size to at least {n}"
+            )
         self.buffer.empty()
         if n:
             self.buffer.extend(items)

@@ -60,8 +60,9 @@ class Run:
     logger/checkpointer; ``run.resume(**objects)`` restores a checkpoint when ``resume=`` was given.
     """
 
-    def __init__(self, run_dir: Path, logger: MetricLogger, checkpointer: Checkpointer,
-                 resume_from: Path | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, logger: MetricLogger, checkpointer: Checkpointer, resume_from: Path | None = None
+    ) -> None:
         self.dir = run_dir
         self.logger = logger
         self.checkpointer = checkpointer

@@ -104,11 +104,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             built = "with" if torch.backends.cuda.is_built() else "without"
-            raise ConfigError(f"device={device} asked for CUDA but none is available (torch {torch.__version__} "
-                              f"built {built} CUDA); use device=cpu or device=auto")
+            raise ConfigError(
+                f"device={device} asked for CUDA but none is available (torch {torch.__version__} "
+                f"built {built} CUDA); use device=cpu or device=auto"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device={device} asked for CUDA device {dev.index} but only "
-                              f"{torch.cuda.device_count()} exist; use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+            raise ConfigError(
+                f"device={device} asked for CUDA device {dev.index} but only "
+                f"{torch.cuda.device_count()} exist; use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
     elif dev.type == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
             raise ConfigError(f"device={device} asked for Apple MPS but it is not available; use device=cpu")
