@@ -136,17 +136,6 @@ class DiffusionQLLoss(ActorCriticLoss):
             self.make_value_estimator(gamma=gamma)
 
     # -- helpers ----------------------------------------------------------------------------------------------------
-    def _read(self, tensordict: TensorDictBase, key) -> torch.Tensor:
-        """``tensordict[key]``, or a KeyError naming the key (tensordict's ``get`` returns None for a missing key)."""
-        value = tensordict.get(key, None)
-        if value is None:
-            raise KeyError(
-                f"{type(self).__name__} reads {key!r}, which is missing from the batch (keys: "
-                f"{sorted(map(str, tensordict.keys(True, True)))}). Add it to the batch, or point the loss at the "
-                "key the batch uses with loss.set_keys(...)."
-            )
-        return value
-
     def _pick_critics(self) -> tuple[int, int]:
         """(maximised, normaliser): a fair coin from torch's global generator, so seeding reproduces it."""
         if not self.coin_flip:

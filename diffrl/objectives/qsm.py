@@ -114,17 +114,6 @@ class QScoreMatchingLoss(ActorCriticLoss):
         if gamma is not None:
             self.make_value_estimator(gamma=gamma)
 
-    def _read(self, tensordict: TensorDictBase, key) -> torch.Tensor:
-        """``tensordict[key]``, or a KeyError naming the key (tensordict's ``get`` returns None for a missing key)."""
-        value = tensordict.get(key, None)
-        if value is None:
-            raise KeyError(
-                f"{type(self).__name__} reads {key!r}, which is missing from the batch (keys: "
-                f"{sorted(map(str, tensordict.keys(True, True)))}). Add it to the batch, or point the loss at the "
-                "key the batch uses with loss.set_keys(...)."
-            )
-        return value
-
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TD(0) regression onto ``r + gamma (1 - terminated) min_i Q'_i(s', clip(pi(s') + noise))``."""
         weights = self._maybe_get_priority_weight(tensordict)

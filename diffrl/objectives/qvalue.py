@@ -111,6 +111,17 @@ class ActorCriticLoss(QEnsembleMixin, LossModule):
     default_value_estimator = ValueEstimators.TD0
     SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
 
+    def _read(self, tensordict: TensorDictBase, key: NestedKey) -> torch.Tensor:
+        """``tensordict[key]``, or a KeyError naming the key (tensordict's ``get`` returns None for a missing key)."""
+        value = tensordict.get(key, None)
+        if value is None:
+            raise KeyError(
+                f"{type(self).__name__} reads {key!r}, which is missing from the batch (keys: "
+                f"{sorted(map(str, tensordict.keys(True, True)))}). Add it to the batch, or point the loss at the "
+                "key the batch uses with loss.set_keys(...)."
+            )
+        return value
+
     def _q_input(self, observation: torch.Tensor, action: torch.Tensor) -> TensorDictBase:
         """A tensordict the critic reads: ``action`` under its action key, ``observation`` under its other key(s).
 
