@@ -40,7 +40,13 @@ def main(cfg):
 
     # Data and the evaluation env (raw rewards, so returns compare with the dataset's reference scores).
     rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
-    eval_env = make_env(from_dataset=rb, device=device, transform_reward=False)
+    eval_env = make_env(
+        cfg.env.name,
+        from_dataset=rb,
+        device=device,
+        max_episode_steps=cfg.env.max_episode_steps,
+        transform_reward=False,
+    )
     seed_env(eval_env, cfg.seed + 100)
 
     # Diffusion actor within the env's action bounds, twin critics, the loss with its target networks.
