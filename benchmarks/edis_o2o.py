@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--online-steps", type=int, default=2000, help="online.steps of every run")
     parser.add_argument("--eval-every", type=int, default=500, help="eval.every of every run (global steps)")
     parser.add_argument("--eval-episodes", type=int, default=5, help="eval.episodes of every run")
+    parser.add_argument(
+        "--hidden",
+        default="[256,256]",
+        help="hidden sizes of every network (actor, critic, IQL's value) in every run, so that a base recipe and its "
+        "EDIS variant always compare equal networks (the recipes' own CPU defaults differ); '' keeps each recipe's",
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "edis_o2o")
     parser.add_argument(
@@ -143,6 +149,12 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict | None:
     ]
     if recipe_has_key(method, "threads"):
         argv.append("threads=1")
+    if args.hidden:
+        argv += [
+            f"{group}.hidden_sizes={args.hidden}"
+            for group in ("actor", "critic", "value")
+            if recipe_has_key(method, group)
+        ]
     argv += overrides_for(method, args.override)
     if run_dir.exists() and latest_checkpoint(run_dir) is not None:
         argv.append(f"resume={run_dir}")  # an interrupted run continues in its own directory
