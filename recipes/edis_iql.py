@@ -26,7 +26,7 @@ from diffrl.data import load_dataset
 from diffrl.envs import make_env
 from diffrl.train import resolve_device, run_recipe, seed_env, seed_everything, start_run
 from diffrl.train.edis_hook import EDISHook, build_edis
-from diffrl.train.o2o import OfflineToOnline
+from diffrl.train.o2o import OfflineToOnline, summed_loss_update
 
 
 def main(cfg):
@@ -68,15 +68,7 @@ def main(cfg):
     }
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
 
-    def update(batch):
-        out = loss(batch)
-        for optim in optims.values():
-            optim.zero_grad()
-        sum(value for key, value in out.items() if key.startswith("loss_")).backward()
-        for optim in optims.values():
-            optim.step()
-        updater.step()
-        return out.detach()
+    update = summed_loss_update(loss, optims.values(), updater)
 
     generator = EDISHook(edis, actor, every=cfg.online.retrain_every, extra_updates=cfg.online.extra_updates)
     loop = OfflineToOnline(

@@ -12,10 +12,11 @@ CORL's fine-tuning protocol (``algorithms/finetune/{cal_ql,iql}.py``), written o
 4. evaluation every ``eval.every`` global steps (offline updates, then env steps), at the end of the offline phase and
    at the end, into one CSV per metric; checkpoints at every evaluation, resumable in either phase.
 
-The recipe supplies the update, ``update(batch) -> metrics``: losses, optimizers and target updates are its own (5-10
-lines), so one loop serves every algorithm. EDIS plugs in through :class:`O2OHook`: ``on_switch`` runs when the online
-phase begins, ``on_interval`` every ``every`` online env steps, and both can change what online batches are drawn
-from through ``loop.mixer`` (add a synthetic buffer, change the fractions, set a batch transform).
+The recipe supplies the update, ``update(batch) -> metrics``: losses, optimizers and target updates are its own
+(:func:`summed_loss_update` is the usual one), so one loop serves every algorithm. EDIS plugs in through
+:class:`O2OHook`: ``on_switch`` runs when the online phase begins, ``on_interval`` every ``every`` online env steps,
+and both can change what online batches are drawn from through ``loop.mixer`` (add a synthetic buffer, change the
+fractions, set a batch transform).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from diffrl.train.evaluation import evaluate
 from diffrl.train.progress import Timer, format_summary, make_progress
 from diffrl.train.replay import BatchMixer, StoredItems, make_online_buffer
 
-__all__ = ["O2OHook", "O2OSettings", "OfflineToOnline"]
+__all__ = ["O2OHook", "O2OSettings", "OfflineToOnline", "summed_loss_update"]
 
 _LOOP_STATE = "o2o_loop"  # checkpoint name of the loop's counters
 
@@ -389,6 +390,43 @@ class OfflineToOnline:
         self._credit = float(state["credit"])
         self._tracker.load_state_dict({"episodes": state["episodes"]})
         self.phase_scores = dict(state["phase_scores"])
+
+
+def summed_loss_update(
+    loss: Callable[[TensorDictBase], TensorDictBase], optimizers: Iterable[torch.optim.Optimizer], updater: Any
+) -> Callable[[TensorDictBase], TensorDictBase]:
+    """``update(batch) -> metrics`` for :class:`OfflineToOnline`: one backward of the summed ``loss_*`` entries.
+
+    Every optimizer zeroes its gradients, the ``loss_*`` entries of ``loss(batch)`` are summed and backpropagated once
+    (diffrl's and TorchRL's losses route each term only to the parameters it trains), every optimizer steps, then
+    ``updater.step()`` moves the target networks. Returns the loss output, detached, as the loop's metrics.
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> weight = torch.nn.Parameter(torch.ones(1))
+        >>> loss = lambda batch: TensorDict({"loss_x": (weight * batch["x"]).sum(), "mean_x": batch["x"].mean()})
+        >>> class NoTargets:
+        ...     def step(self):
+        ...         pass
+        >>> update = summed_loss_update(loss, [torch.optim.SGD([weight], lr=0.5)], NoTargets())
+        >>> out = update(TensorDict({"x": torch.ones(2)}, batch_size=[2]))
+        >>> float(weight), float(out["loss_x"]), out["loss_x"].requires_grad
+        (0.0, 2.0, False)
+    """
+    optimizers = list(optimizers)
+
+    def update(batch: TensorDictBase) -> TensorDictBase:
+        out = loss(batch)
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        sum(value for key, value in out.items() if key.startswith("loss_")).backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        updater.step()
+        return out.detach()
+
+    return update
 
 
 def _crossed(before: int, after: int, every: int | None) -> bool:
