@@ -110,12 +110,7 @@ class DiffusionQLLoss(ActorCriticLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        for method in ("denoising_loss", "sample"):
-            if not callable(getattr(actor_network, method, None)):
-                raise TypeError(
-                    f"DiffusionQLLoss needs a diffusion actor with a {method}() method, got "
-                    f"{type(actor_network).__name__}. Build one with registry.build('actor', 'diffusion', ...)."
-                )
+        self._require_diffusion_actor(actor_network, ("denoising_loss", "sample"))
         if q_normalization not in ("policy", "dataset"):
             raise ValueError(f"q_normalization must be 'policy' or 'dataset', got {q_normalization!r}.")
         if num_backup_samples < 1:

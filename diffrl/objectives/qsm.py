@@ -95,12 +95,7 @@ class QScoreMatchingLoss(ActorCriticLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        for method in ("predict_noise", "sample"):
-            if not callable(getattr(actor_network, method, None)):
-                raise TypeError(
-                    f"QScoreMatchingLoss needs a diffusion actor with a {method}() method, got "
-                    f"{type(actor_network).__name__}. Build one with registry.build('actor', 'diffusion', ...)."
-                )
+        self._require_diffusion_actor(actor_network, ("predict_noise", "sample"))
         if critic_reduction not in ("mean", "min"):
             raise ValueError(f"critic_reduction must be 'mean' or 'min', got {critic_reduction!r}.")
         self._in_keys = None

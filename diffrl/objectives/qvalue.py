@@ -111,6 +111,15 @@ class ActorCriticLoss(QEnsembleMixin, LossModule):
     default_value_estimator = ValueEstimators.TD0
     SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
 
+    def _require_diffusion_actor(self, actor_network: TensorDictModule, methods: tuple[str, ...]) -> None:
+        """A TypeError naming the missing method unless ``actor_network`` has every one of ``methods``."""
+        for method in methods:
+            if not callable(getattr(actor_network, method, None)):
+                raise TypeError(
+                    f"{type(self).__name__} needs a diffusion actor with a {method}() method, got "
+                    f"{type(actor_network).__name__}. Build one with registry.build('actor', 'diffusion', ...)."
+                )
+
     def _read(self, tensordict: TensorDictBase, key: NestedKey) -> torch.Tensor:
         """``tensordict[key]``, or a KeyError naming the key (tensordict's ``get`` returns None for a missing key)."""
         value = tensordict.get(key, None)
