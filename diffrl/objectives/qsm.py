@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule, dispatch
-from torchrl.objectives.utils import distance_loss
 
 from diffrl import registry
 from diffrl.objectives.qvalue import ActorCriticLoss
@@ -123,14 +122,7 @@ class QScoreMatchingLoss(ActorCriticLoss):
             next_action = torch.maximum(torch.minimum(next_action, high), low)
             next_q = self._qvalues(self._q_input(next_observation, next_action), self.target_qvalue_network_params)
             target_value = self._td0_target(tensordict, next_q.min(0).values)
-        current_q = self._qvalues(self._q_input(observation, action), self.qvalue_network_params)
-        loss = distance_loss(current_q, target_value.expand_as(current_q), loss_function=self.loss_function).sum(0)
-        metadata = {
-            "td_error": (current_q.detach() - target_value).abs().max(0).values,
-            "q_data": current_q.detach().mean(),
-            "target_value": target_value.mean(),
-        }
-        return self._reduce_loss(loss, tensordict=tensordict, weights=weights), metadata
+        return self._critic_regression(tensordict, observation, action, target_value, weights)
 
     def score_target(self, observation: torch.Tensor, noisy_action: torch.Tensor) -> torch.Tensor:
         """``-M_q * grad_a Q(s, a_t)`` with the critics' mean (or min), detached from every parameter."""

@@ -23,7 +23,7 @@ from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey
 from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import ValueEstimators, _vmap_func, dispatch_value_estimator
+from torchrl.objectives.utils import ValueEstimators, _vmap_func, dispatch_value_estimator, distance_loss
 from torchrl.objectives.value import ValueEstimatorBase
 
 
@@ -130,6 +130,24 @@ class ActorCriticLoss(QEnsembleMixin, LossModule):
                 "key the batch uses with loss.set_keys(...)."
             )
         return value
+
+    def _critic_regression(
+        self,
+        tensordict: TensorDictBase,
+        observation: torch.Tensor,
+        action: torch.Tensor,
+        target_value: torch.Tensor,
+        weights: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Every critic regressed onto ``target_value`` (summed over critics, reduced over the batch) + diagnostics."""
+        current_q = self._qvalues(self._q_input(observation, action), self.qvalue_network_params)
+        loss = distance_loss(current_q, target_value.expand_as(current_q), loss_function=self.loss_function).sum(0)
+        metadata = {
+            "td_error": (current_q.detach() - target_value).abs().max(0).values,
+            "q_data": current_q.detach().mean(),
+            "target_value": target_value.mean(),
+        }
+        return self._reduce_loss(loss, tensordict=tensordict, weights=weights), metadata
 
     def _q_input(self, observation: torch.Tensor, action: torch.Tensor) -> TensorDictBase:
         """A tensordict the critic reads: ``action`` under its action key, ``observation`` under its other key(s).
