@@ -49,6 +49,15 @@ def action_bounds(low: Any, high: Any, action_dim: int) -> tuple[Tensor, Tensor]
     return bounds[0], bounds[1]
 
 
+def deterministic_mode(default_interaction_type: str) -> bool:
+    """Whether a module acts deterministically: TorchRL's exploration context if one is set (anything but RANDOM is
+    deterministic), else the module's ``default_interaction_type``."""
+    mode = exploration_type()
+    if mode is None:
+        return default_interaction_type == "deterministic"
+    return mode != ExplorationType.RANDOM
+
+
 def _single_key(keys: Sequence[NestedKey] | NestedKey, what: str) -> list[NestedKey]:
     if isinstance(keys, (str, tuple)):
         keys = [keys]
@@ -271,10 +280,7 @@ class DiffusionActor(TensorDictModuleBase):
     # ------------------------------------------------------------------ TensorDict interface
     def is_deterministic_mode(self) -> bool:
         """Whether ``forward`` uses the fixed noise under the current exploration context."""
-        mode = exploration_type()
-        if mode is None:
-            return self.default_interaction_type == "deterministic"
-        return mode != ExplorationType.RANDOM
+        return deterministic_mode(self.default_interaction_type)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         observation = tensordict.get(self.in_keys[0], None)

@@ -12,8 +12,9 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import Tensor
-from torchrl.envs.utils import ExplorationType, exploration_type
 from torchrl.modules import ValueOperator
+
+from diffrl.modules.diffusion_actor import deterministic_mode
 
 __all__ = ["QSelectionActor"]
 
@@ -141,10 +142,7 @@ class QSelectionActor(TensorDictModuleBase):
 
     def is_deterministic_mode(self) -> bool:
         """Whether ``forward`` selects deterministically under the current exploration context."""
-        mode = exploration_type()
-        if mode is None:
-            return self.default_interaction_type == "deterministic"
-        return mode != ExplorationType.RANDOM
+        return deterministic_mode(self.default_interaction_type)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         observation = tensordict.get(self.in_keys[0])
