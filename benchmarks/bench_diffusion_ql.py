@@ -9,6 +9,7 @@ batch 256, state 17, action 6, T = 5, 3 x 256 Mish networks (actor noise net and
     python benchmarks/bench_diffusion_ql.py --mish aten         # torch.nn.functional.mish everywhere
     python benchmarks/bench_diffusion_ql.py --critic single     # TorchRL single-Q network duplicated by vmap
     python benchmarks/bench_diffusion_ql.py --compile           # torch.compile the two loss terms
+    python benchmarks/bench_diffusion_ql.py --adam foreach      # Adam's multi-tensor path instead of the fused kernel
     python benchmarks/bench_diffusion_ql.py --profile           # where the time goes (torch profiler)
 
 Prints the median updates/s over the repeats (and the range) with the load average, and the updates per CPU-second
@@ -69,7 +70,7 @@ def build(args: argparse.Namespace):
     loss.make_value_estimator(gamma=0.99)
     actor_params = [p for p in loss.actor_network_params.values(True, True) if p.requires_grad]
     critic_params = [p for p in loss.qvalue_network_params.values(True, True) if p.requires_grad]
-    adam = {"lr": 3e-4, "foreach": True}
+    adam = {"lr": 3e-4, args.adam: True}
     optim_actor = torch.optim.Adam(actor_params, **adam)
     optim_critic = torch.optim.Adam(critic_params, **adam)
     updater = diffusion_ql_updater(loss)
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--critic", choices=["twin_q", "single"], default="twin_q")
     parser.add_argument("--mish", choices=["library", "fast", "aten"], default="library")
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss terms")
+    parser.add_argument("--adam", choices=["fused", "foreach"], default="fused", help="Adam implementation")
     parser.add_argument("--grad-norm", type=float, default=9.0, help="clip norm (<= 0: no clipping)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=50, help="updates per repeat")
@@ -163,7 +165,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(
         f"diffusion_ql update (batch {args.batch}, state {args.obs}, action {args.act}, T={args.steps}, "
-        f"3x{args.hidden}, critic {args.critic}, mish {args.mish}, compile {args.compile}, threads {args.threads}): "
+        f"3x{args.hidden}, critic {args.critic}, mish {args.mish}, compile {args.compile}, adam {args.adam}, "
+        f"threads {args.threads}): "
         f"{statistics.median(rates):.1f} updates/s (range {min(rates):.1f}-{max(rates):.1f}; load avg {load:.2f}); "
         f"{statistics.median(cpu_rates):.1f} updates per CPU-second"
     )

@@ -78,6 +78,18 @@ def test_recipe_runs_from_another_directory_and_writes_metrics_and_checkpoints(t
     assert not any(elsewhere.iterdir())  # nothing written to the working directory
 
 
+@pytest.mark.slow
+def test_recipe_with_compile_true_trains_and_evaluates(tiny_dataset, tmp_path):
+    """``compile=true`` (the per-task files' setting) runs the compiled loss terms end to end (about a minute of
+    inductor compilation, hence slow)."""
+    run_dir = tmp_path / "run"
+    run_command([*TINY, "compile=true", f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], tmp_path)
+    metrics = read_metrics(run_dir)
+    assert metrics["eval/normalized_score"][0].tolist() == [10, 20]
+    losses = metrics["train/loss_qvalue"][1]
+    assert np.isfinite(losses).all() and np.isfinite(metrics["train/bc_loss"][1]).all()
+
+
 def load_recipe():
     spec = importlib.util.spec_from_file_location("recipe_diffusion_ql", RECIPE)
     module = importlib.util.module_from_spec(spec)

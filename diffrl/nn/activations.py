@@ -123,6 +123,11 @@ def mish(x: Tensor) -> Tensor:
         >>> bool(torch.allclose(g, g_ref, atol=1e-6))
         True
     """
+    if torch.compiler.is_compiling():
+        # Under torch.compile the plain formula is best: inductor fuses it (and the derivative autograd derives from
+        # it) into one loop, where the hand-written Function would pin the unfused in-place sequence.
+        e = x.clamp(max=_EXP_CAP).exp() + 1.0
+        return x - 2.0 * x / (e * e + 1.0)
     if _under_transform(x):
         # (a vmapped tensor hides requires_grad, and autograd below vmap would record the in-place path below)
         return _MishFunction.apply(x)[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule, dispatch
+from torch import Tensor
 
 from diffrl import registry
 from diffrl.objectives.qvalue import ActorCriticLoss
@@ -126,16 +127,21 @@ class DiffusionQLLoss(ActorCriticLoss):
         self.num_backup_samples = int(num_backup_samples)
         self.loss_function = loss_function
         self.reduction = reduction
+        self.register_buffer("_fixed_pick", torch.tensor([0, 1]), persistent=False)
         if gamma is not None:
             self.make_value_estimator(gamma=gamma)
 
     # -- helpers ----------------------------------------------------------------------------------------------------
-    def _pick_critics(self) -> tuple[int, int]:
-        """(maximised, normaliser): a fair coin from torch's global generator, so seeding reproduces it."""
+    def _pick_critics(self) -> Tensor:
+        """Indices ``[maximised, normaliser]``: a fair coin from torch's global generator, so seeding reproduces it.
+
+        A tensor rather than Python ints, so the choice never synchronises with the host and ``torch.compile`` keeps
+        the whole actor term in one graph.
+        """
         if not self.coin_flip:
-            return 0, 1
-        first = int(torch.randint(0, 2, ()))
-        return first, 1 - first
+            return self._fixed_pick
+        first = torch.randint(0, 2, (1,), device=self._fixed_pick.device)
+        return torch.cat([first, 1 - first])
 
     # -- terms ------------------------------------------------------------------------------------------------------
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -167,20 +173,21 @@ class DiffusionQLLoss(ActorCriticLoss):
             policy_action = self.actor_network.sample(observation, grad=True)
         critic_params = self.qvalue_network_params.detach()
         q_policy = self._qvalues(self._q_input(observation, policy_action), critic_params)
-        maximised, normaliser = self._pick_critics()
+        picked = self._pick_critics()
+        q_maximised, q_normaliser = q_policy.index_select(0, picked).unbind(0)
         if self.q_normalization == "policy":
-            scale = q_policy[normaliser].abs().mean().detach()
+            scale = q_normaliser.abs().mean().detach()
         else:
             with torch.no_grad():
                 q_data = self._qvalues(self._q_input(observation, action), critic_params)
-            scale = q_data[normaliser].abs().mean()
-        q_term = -q_policy[maximised] / scale
+            scale = q_data.index_select(0, picked[1:]).abs().mean()
+        q_term = -q_maximised / scale
         loss = self._reduce_loss(bc_loss + self.eta * q_term, tensordict=tensordict, weights=weights)
         metadata = {
             "bc_loss": bc_loss.detach().mean(),
             "q_term": q_term.detach().mean(),
-            "q_policy": q_policy.detach()[maximised].mean(),
-            "maximised_critic": torch.tensor(maximised),
+            "q_policy": q_maximised.detach().mean(),
+            "maximised_critic": picked[0].detach(),
         }
         return loss, metadata
 
