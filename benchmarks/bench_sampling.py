@@ -17,6 +17,10 @@ latency of an idle core. Usage::
 
     python benchmarks/bench_sampling.py                # torch's default thread count
     python benchmarks/bench_sampling.py --threads 1    # single core
+    python benchmarks/bench_sampling.py --compile      # torch.compile'd sample / select (inductor fuses each step)
+
+With ``--compile`` the ``sample50``, ``select50`` and ``batch256`` cases call ``torch.compile(actor.sample)`` and
+``torch.compile(policy.select)`` (compiled once before timing; ``generic50`` and ``batch256_grad`` stay eager).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--iters", type=int, default=200, help="calls per repeat for the 50-candidate cases")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--compile", action="store_true", help="torch.compile actor.sample and policy.select")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -77,20 +82,27 @@ def main() -> None:
     def generic50() -> torch.Tensor:
         return ddpm.sample_diffusion_ql(generic, actor.schedule, obs.unsqueeze(-2), (CANDIDATES, ACTION_DIM))
 
+    sample, select = actor.sample, policy.select
+    if args.compile:
+        sample, select = torch.compile(sample), torch.compile(select)
+
     def grad256() -> None:
         actor.sample(obs_batch, grad=True).sum().backward()
 
     load = os.getloadavg()[0]
     rows = []
     with torch.inference_mode():
-        rows.append(("sample50", *timeit(lambda: actor.sample(obs, num_samples=CANDIDATES), args.iters, args.repeats)))
-        rows.append(("select50", *timeit(lambda: policy(td.clone()), args.iters, args.repeats)))
+        rows.append(("sample50", *timeit(lambda: sample(obs, num_samples=CANDIDATES), args.iters, args.repeats)))
+        if args.compile:
+            rows.append(("select50", *timeit(lambda: select(obs), args.iters, args.repeats)))
+        else:  # the module call a collector makes (TensorDict in and out)
+            rows.append(("select50", *timeit(lambda: policy(td.clone()), args.iters, args.repeats)))
         rows.append(("generic50", *timeit(generic50, args.iters // 2, args.repeats)))
-        rows.append(("batch256", *timeit(lambda: actor.sample(obs_batch), args.iters // 4, args.repeats)))
+        rows.append(("batch256", *timeit(lambda: sample(obs_batch), args.iters // 4, args.repeats)))
     rows.append(("batch256_grad", *timeit(grad256, args.iters // 10, args.repeats, warmup=3)))
 
     print(
-        f"torch {torch.__version__}, threads={torch.get_num_threads()}, T={actor.num_steps}, "
+        f"torch {torch.__version__}, threads={torch.get_num_threads()}, compile={args.compile}, T={actor.num_steps}, "
         f"state {OBS_DIM}, action {ACTION_DIM}, candidates {CANDIDATES}, batch {BATCH}"
     )
     print(f"load average (1 min) before the run: {load:.2f}")

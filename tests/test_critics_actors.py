@@ -186,3 +186,28 @@ def test_q_selection_reduces_over_members_with_min_by_default():
     )
     mean_policy = QSelectionActor(FixedCandidates(values), critic, num_candidates=2, selection="argmax", reduce="max")
     assert mean_policy.select(obs).eq(1.0).all()
+
+
+@pytest.mark.slow
+def test_compiled_q_selection_and_sampling_match_eager():
+    """``torch.compile(policy.select)`` / ``torch.compile(actor.sample)`` (bench_sampling.py --compile) capture the
+    whole stochastic chain in one graph and draw the eager actions (inductor's random numbers follow eager mode under
+    ``fallback_random``); deterministic mode (fixed noise, argmax) compiles too and gives the eager action."""
+    import torch._inductor.config as inductor_config
+
+    torch.manual_seed(0)
+    actor = DiffusionActor(obs_dim=5, action_dim=3, hidden_sizes=(32, 32))
+    policy = QSelectionActor(actor, twin_q(obs_dim=5, action_dim=3, hidden_sizes=(32,)), num_candidates=16)
+    obs = torch.randn(4, 5)
+    with torch.no_grad(), inductor_config.patch(fallback_random=True):
+        for fn, kwargs in ((policy.select, {}), (actor.sample, {"num_samples": 7})):
+            compiled = torch.compile(fn, fullgraph=True)
+            for seed in (3, 4):
+                torch.manual_seed(seed)
+                eager = fn(obs, **kwargs)
+                torch.manual_seed(seed)
+                torch.testing.assert_close(compiled(obs, **kwargs), eager)
+        # the fixed noise is made outside the graph (a torch.Generator cannot be created inside one)
+        torch.testing.assert_close(
+            torch.compile(policy.select)(obs, deterministic=True), policy.select(obs, deterministic=True)
+        )
