@@ -8,13 +8,11 @@ training against ``-Q`` must push them away.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from recipe_runner import run_recipe
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from torch import nn
@@ -383,19 +381,10 @@ TINY = [
 ]
 
 
-def run_qsm(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DIFFRL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(RECIPE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 def test_recipe_runs_logs_checkpoints_and_resumes(tmp_path):
     run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = run_qsm([*TINY, f"logger.dir={run_dir}"], elsewhere)
+    proc = run_recipe(RECIPE, [*TINY, f"logger.dir={run_dir}"], elsewhere)
     assert proc.stdout.strip().splitlines()[-1].startswith("qsm: 60 steps")
     metrics = read_metrics(run_dir)
     assert metrics["eval/return"][0].tolist() == [30, 60]
@@ -405,7 +394,7 @@ def test_recipe_runs_logs_checkpoints_and_resumes(tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000000030.pt", "step_000000060.pt"]
     assert not any(elsewhere.iterdir())
 
-    proc = run_qsm([f"resume={run_dir}", "online.steps=90"], tmp_path)  # the saved config, more steps
+    proc = run_recipe(RECIPE, [f"resume={run_dir}", "online.steps=90"], tmp_path)  # the saved config, more steps
     assert proc.stdout.strip().splitlines()[-1].startswith("qsm: 30 steps")
     metrics = read_metrics(run_dir)
     assert metrics["eval/return"][0].tolist() == [30, 60, 90]
@@ -425,7 +414,9 @@ def test_recipe_config_files_are_valid():
 @pytest.mark.slow  # worker processes take 10-40 s to start
 def test_recipe_with_two_worker_processes(tmp_path):
     run_dir = tmp_path / "run"
-    run_qsm([*TINY, "collector.num_workers=2", "collector.frames_per_batch=2", f"logger.dir={run_dir}"], tmp_path)
+    run_recipe(
+        RECIPE, [*TINY, "collector.num_workers=2", "collector.frames_per_batch=2", f"logger.dir={run_dir}"], tmp_path
+    )
     metrics = read_metrics(run_dir)
     assert metrics["eval/return"][0].tolist() == [30, 60]
     assert metrics["train/updates"][1].tolist()[-1] == 40
@@ -435,7 +426,8 @@ def test_recipe_with_two_worker_processes(tmp_path):
 def test_recipe_with_the_ray_collector(tmp_path):
     pytest.importorskip("ray")
     run_dir = tmp_path / "run"
-    run_qsm(
+    run_recipe(
+        RECIPE,
         [
             *TINY,
             "collector.backend=ray",
@@ -469,7 +461,7 @@ SHORT = [
 @pytest.mark.slow  # minutes of training
 def test_short_online_run_beats_the_random_policy(tmp_path):
     run_dir = tmp_path / "run"
-    run_qsm([*SHORT, f"logger.dir={run_dir}"], tmp_path)
+    run_recipe(RECIPE, [*SHORT, f"logger.dir={run_dir}"], tmp_path)
     metrics = read_metrics(run_dir)
     steps, returns = metrics["eval/return"]
     assert steps.tolist() == [5000]

@@ -4,15 +4,12 @@ resume, and the per-task configs with the paper's per-dataset hyperparameters.""
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from recipe_runner import random_pendulum_dataset, run_recipe
 
-from diffrl.data import make_dataset
 from diffrl.data.generators import PENDULUM_REF_MAX, PENDULUM_REF_MIN
 from diffrl.train import load_config, read_metrics
 
@@ -35,32 +32,13 @@ TINY = [
 @pytest.fixture(scope="module")
 def tiny_dataset(minari_tmp_path):
     """Three random Pendulum episodes with the pendulum reference scores."""
-    dataset_id = "test-dql/pendulum/random-v0"
-    make_dataset(
-        "Pendulum-v1",
-        "random",
-        dataset_id,
-        num_episodes=3,
-        seed=0,
-        ref_min_score=PENDULUM_REF_MIN,
-        ref_max_score=PENDULUM_REF_MAX,
-    )
-    return dataset_id
-
-
-def run_command(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DIFFRL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(RECIPE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return random_pendulum_dataset("test-dql/pendulum/random-v0", num_episodes=3)
 
 
 def test_recipe_runs_from_another_directory_and_writes_metrics_and_checkpoints(tiny_dataset, tmp_path):
     run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = run_command([*TINY, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], elsewhere)
+    proc = run_recipe(RECIPE, [*TINY, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], elsewhere)
     lines = proc.stdout.strip().splitlines()
     assert lines[-2].startswith("diffusion_ql: 20 steps")
     assert lines[-1].startswith("diffusion_ql: final eval/return") and "dataset average return" in lines[-1]
@@ -83,7 +61,7 @@ def test_recipe_with_compile_true_trains_and_evaluates(tiny_dataset, tmp_path):
     """``compile=true`` (the per-task files' setting) runs the compiled loss terms end to end (about a minute of
     inductor compilation, hence slow)."""
     run_dir = tmp_path / "run"
-    run_command([*TINY, "compile=true", f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], tmp_path)
+    run_recipe(RECIPE, [*TINY, "compile=true", f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], tmp_path)
     metrics = read_metrics(run_dir)
     assert metrics["eval/normalized_score"][0].tolist() == [10, 20]
     losses = metrics["train/loss_qvalue"][1]

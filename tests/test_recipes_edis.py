@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from recipe_runner import random_pendulum_dataset, run_recipe
 from tensordict import TensorDict
 
 from diffrl import registry
-from diffrl.data import OfflineReplayBuffer, make_dataset
-from diffrl.data.generators import PENDULUM_REF_MAX, PENDULUM_REF_MIN
+from diffrl.data import OfflineReplayBuffer
 from diffrl.envs import make_env
 from diffrl.train import load_config, read_metrics, start_run
 from diffrl.train.config import ConfigError
@@ -55,31 +52,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def tiny_dataset(minari_tmp_path):
     """Three random Pendulum episodes with the pendulum reference scores: enough to exercise a recipe."""
-    dataset_id = "test-edis/pendulum/random-v0"
-    make_dataset(
-        "Pendulum-v1",
-        "random",
-        dataset_id,
-        num_episodes=3,
-        seed=0,
-        ref_min_score=PENDULUM_REF_MIN,
-        ref_max_score=PENDULUM_REF_MAX,
-    )
-    return dataset_id
-
-
-def run_recipe_command(name: str, args: list[str], cwd: Path, status: int = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DIFFRL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(RECIPES / f"{name}.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == status, proc.stderr[-3000:]
-    return proc
+    return random_pendulum_dataset("test-edis/pendulum/random-v0", num_episodes=3)
 
 
 # ---------------------------------------------------------------------------------------------- the hook in the loop
@@ -188,9 +161,7 @@ def test_recipe_runs_both_phases_with_regenerations_from_another_directory(name,
     run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     elsewhere.mkdir()
     extra = ["value.hidden_sizes=[32, 32]"] if name == "edis_iql" else []
-    proc = run_recipe_command(
-        name, [*TINY, *extra, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], elsewhere
-    )
+    proc = run_recipe(name, [*TINY, *extra, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], elsewhere)
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"{name}: 50 steps") and "normalized score offline" in summary
     assert "EDIS: unguided pool of 64 samples at online step 0" in proc.stdout
@@ -205,10 +176,10 @@ def test_recipe_runs_both_phases_with_regenerations_from_another_directory(name,
 
 def test_edis_calql_resumes_mid_online_with_the_same_regeneration_schedule(tiny_dataset, tmp_path):
     run_dir = tmp_path / "run"
-    run_recipe_command("edis_calql", [*TINY, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], tmp_path)
+    run_recipe("edis_calql", [*TINY, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], tmp_path)
     uninterrupted = read_metrics(run_dir)["edis/regenerations"]
     checkpoint = run_dir / "checkpoints" / "step_000000025.pt"  # online step 5, between two regenerations
-    proc = run_recipe_command("edis_calql", [f"resume={checkpoint}"], tmp_path)
+    proc = run_recipe("edis_calql", [f"resume={checkpoint}"], tmp_path)
     assert "EDIS: drew a pool of 64 samples from the restored generator" in proc.stdout
     assert "unguided" not in proc.stdout  # the generator was restored, not refitted at the (re-run) switch
     assert proc.stdout.strip().splitlines()[-1].startswith("edis_calql: 25 steps")
@@ -218,7 +189,7 @@ def test_edis_calql_resumes_mid_online_with_the_same_regeneration_schedule(tiny_
 
 
 def test_bad_edis_option_is_a_one_line_error(tiny_dataset, tmp_path):
-    proc = run_recipe_command(
+    proc = run_recipe(
         "edis_calql",
         [*TINY, f"data.dataset_id={tiny_dataset}", "edis.synthetic_fraction=1.5", f"logger.dir={tmp_path / 'run'}"],
         tmp_path,

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from recipe_runner import random_pendulum_dataset, run_recipe
 
-from diffrl.data import make_dataset
-from diffrl.data.generators import PENDULUM_REF_MAX, PENDULUM_REF_MIN
 from diffrl.train import load_config, read_metrics
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -30,31 +26,7 @@ TINY = [
 def tiny_dataset(minari_tmp_path):
     """Four random Pendulum episodes (800 transitions) with the pendulum reference scores: enough to exercise a
     recipe, and too little for offline training alone to learn the swing-up (the learning test relies on it)."""
-    dataset_id = "test-o2o/pendulum/random-v0"
-    make_dataset(
-        "Pendulum-v1",
-        "random",
-        dataset_id,
-        num_episodes=4,
-        seed=0,
-        ref_min_score=PENDULUM_REF_MIN,
-        ref_max_score=PENDULUM_REF_MAX,
-    )
-    return dataset_id
-
-
-def run_recipe_command(name: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DIFFRL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(RECIPES / f"{name}.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return random_pendulum_dataset("test-o2o/pendulum/random-v0", num_episodes=4)
 
 
 @pytest.mark.parametrize("name", ["calql", "iql"])
@@ -62,7 +34,7 @@ def test_recipe_runs_both_phases_from_another_directory(name, tiny_dataset, tmp_
     run_dir = tmp_path / "run"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = run_recipe_command(name, [*TINY, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], elsewhere)
+    proc = run_recipe(name, [*TINY, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], elsewhere)
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"{name}: 40 steps") and "normalized score offline" in summary
     metrics = read_metrics(run_dir)
@@ -90,8 +62,8 @@ def test_recipe_runs_both_phases_from_another_directory(name, tiny_dataset, tmp_
 
 def test_calql_resumes_in_the_online_phase(tiny_dataset, tmp_path):
     run_dir = tmp_path / "run"
-    run_recipe_command("calql", [*TINY, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], tmp_path)
-    proc = run_recipe_command("calql", [f"resume={run_dir}", "online.steps=40"], tmp_path)
+    run_recipe("calql", [*TINY, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], tmp_path)
+    proc = run_recipe("calql", [f"resume={run_dir}", "online.steps=40"], tmp_path)
     assert proc.stdout.strip().splitlines()[-1].startswith("calql: 20 steps")  # 40 -> 60 in this session
     steps, _ = read_metrics(run_dir)["eval/normalized_score"]
     assert steps.tolist() == [10, 20, 30, 40, 50, 60]
@@ -139,7 +111,7 @@ LEARN = [
 @pytest.mark.parametrize("seed", [0, 1])
 def test_calql_online_phase_lifts_the_normalized_score(seed, tiny_dataset, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_recipe_command(
+    proc = run_recipe(
         "calql", [*LEARN, f"seed={seed}", f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], tmp_path
     )
     steps, scores = read_metrics(run_dir)["eval/normalized_score"]
