@@ -34,6 +34,9 @@ class QSelectionActor(TensorDictModuleBase):
        noise (``sample(..., deterministic=True)``) and the best one is taken, so the action is a deterministic
        function of ``s`` (the mode of the selection distribution).
 
+    ``torch.compile(policy.select, fullgraph=True)`` captures a stochastic selection (sampling chain, critic,
+    softmax draw) in one graph; in deterministic mode the fixed noise is made outside the graph.
+
     Args:
         actor: a ``DiffusionActor`` (anything with ``sample(observation, num_samples=, deterministic=)``, ``in_keys``
             and ``out_keys``).

@@ -44,6 +44,11 @@ class DiffusionQLLoss(ActorCriticLoss):
     critic first and then the actor against the just-updated critic; call :meth:`qvalue_loss`, step the critic, then
     :meth:`actor_loss` to reproduce that order (``recipes/diffusion_ql.py`` does).
 
+    Both terms compile whole: ``torch.compile(loss.actor_loss, fullgraph=True)`` (and the same for
+    :meth:`qvalue_loss`) captures the term, forward and backward, in one graph, since nothing in them synchronises
+    with the host (the coin flip stays a tensor). On CPU that fuses Mish and the sampler's step arithmetic into a few
+    loops (``recipes/diffusion_ql.py compile=true``; figures in ``benchmarks/README.md``).
+
     Target networks are ``target_actor_network_params`` (the EMA actor) and ``target_qvalue_network_params``; drive
     them with TorchRL's ``SoftUpdate`` or with :func:`diffrl.objectives.updaters.diffusion_ql_updater` (critic tau
     0.005 every step; actor EMA 0.995 every 5 steps from step 1000).
