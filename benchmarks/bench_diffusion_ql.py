@@ -9,6 +9,7 @@ batch 256, state 17, action 6, T = 5, 3 x 256 Mish networks (actor noise net and
     python benchmarks/bench_diffusion_ql.py --mish aten         # torch.nn.functional.mish everywhere
     python benchmarks/bench_diffusion_ql.py --critic single     # TorchRL single-Q network duplicated by vmap
     python benchmarks/bench_diffusion_ql.py --compile           # torch.compile the two loss terms
+    python benchmarks/bench_diffusion_ql.py --compile --compile-mode max-autotune-no-cudagraphs   # (slower here)
     python benchmarks/bench_diffusion_ql.py --adam foreach      # Adam's multi-tensor path instead of the fused kernel
     python benchmarks/bench_diffusion_ql.py --profile           # where the time goes (torch profiler)
 
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--critic", choices=["twin_q", "single"], default="twin_q")
     parser.add_argument("--mish", choices=["library", "fast", "aten"], default="library")
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss terms")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--adam", choices=["fused", "foreach"], default="fused", help="Adam implementation")
     parser.add_argument("--grad-norm", type=float, default=9.0, help="clip norm (<= 0: no clipping)")
     parser.add_argument("--threads", type=int, default=2)
@@ -126,7 +128,8 @@ def main() -> None:
     loss, actor_params, critic_params, optim_actor, optim_critic, updater = build(args)
     qvalue_loss, actor_loss = loss.qvalue_loss, loss.actor_loss
     if args.compile:
-        qvalue_loss, actor_loss = torch.compile(qvalue_loss), torch.compile(actor_loss)
+        qvalue_loss = torch.compile(qvalue_loss, mode=args.compile_mode)
+        actor_loss = torch.compile(actor_loss, mode=args.compile_mode)
     clip = args.grad_norm > 0
 
     def update(batch: TensorDict) -> None:
