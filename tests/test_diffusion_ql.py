@@ -403,13 +403,14 @@ def test_invalid_arguments_say_what_is_accepted():
 
 
 @pytest.mark.slow
-def test_compiled_terms_equal_the_eager_terms():
+@pytest.mark.parametrize("options", [{}, {"max_q_backup": True, "q_normalization": "dataset"}])
+def test_compiled_terms_equal_the_eager_terms(options):
     """``torch.compile`` (recipes' ``compile: true``) captures each term whole and computes the same losses and
     gradients; inductor draws its random numbers like eager mode under ``fallback_random``."""
     import torch._inductor.config as inductor_config
 
     torch.manual_seed(0)
-    loss = make_loss("twin_q")
+    loss = make_loss("twin_q", **options)
     batch = make_batch(16)
     # fullgraph: a graph break raises instead of silently running (part of) a term eagerly
     compiled = {name: torch.compile(getattr(loss, f"{name}_loss"), fullgraph=True) for name in ("qvalue", "actor")}
