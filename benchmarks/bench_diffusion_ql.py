@@ -25,13 +25,14 @@ and ``--mish aten`` put one implementation in both places before the networks ar
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
-import time
 import warnings
 
 import torch
 from tensordict import TensorDict
+from timing import measure
 from torchrl.modules import MLP, ValueOperator
 
 from diffrl import registry
@@ -158,13 +159,9 @@ def main() -> None:
                 update(batches[i % len(batches)])
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
         return
-    rates, cpu_rates = [], []
-    for _ in range(args.repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for i in range(args.iters):
-            update(batches[i % len(batches)])
-        rates.append(args.iters / (time.perf_counter() - start))
-        cpu_rates.append(args.iters / (time.process_time() - cpu_start))
+    cycle = itertools.cycle(batches)
+    walls, cpus = measure(lambda: update(next(cycle)), args.iters, args.repeats, warmup=0)  # warmed up above
+    rates, cpu_rates = [1 / t for t in walls], [1 / t for t in cpus]
     load = os.getloadavg()[0]
     print(
         f"diffusion_ql update (batch {args.batch}, state {args.obs}, action {args.act}, T={args.steps}, "

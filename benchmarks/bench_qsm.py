@@ -27,33 +27,18 @@ import argparse
 import math
 import os
 import statistics
-import time
 import warnings
-from collections.abc import Callable
 
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictSequential
+from timing import measure
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import AdditiveGaussianModule
 from torchrl.objectives import SoftUpdate
 
 from diffrl import registry
 from diffrl.train.collectors import make_collector, make_env_fn
-
-
-def measure(fn: Callable[[], object], iters: int, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
-    """Per-call seconds of ``fn``: wall times and process-CPU times, one mean over ``iters`` calls per repeat."""
-    for _ in range(warmup):
-        fn()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(iters):
-            fn()
-        walls.append((time.perf_counter() - wall) / iters)
-        cpus.append((time.process_time() - cpu) / iters)
-    return walls, cpus
 
 
 def build(args: argparse.Namespace, obs_dim: int, action_dim: int):

@@ -28,11 +28,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from tensordict import TensorDict
+from timing import measure
 
 from diffrl.diffusion import ddpm
 from diffrl.modules.critics import twin_q
@@ -43,20 +43,8 @@ OBS_DIM, ACTION_DIM, CANDIDATES, BATCH = 17, 6, 50, 256
 
 
 def timeit(fn: Callable[[], object], iters: int, repeats: int, warmup: int = 20) -> tuple[float, float, float]:
-    """Seconds per call: (median wall, min wall, median process CPU) over repeats of the mean over ``iters`` calls.
-
-    With one thread, the CPU time is the work of one call, i.e. the latency an otherwise idle core would give; the wall
-    time also counts the time other processes hold the core.
-    """
-    for _ in range(warmup):
-        fn()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(iters):
-            fn()
-        walls.append((time.perf_counter() - wall) / iters)
-        cpus.append((time.process_time() - cpu) / iters)
+    """Seconds per call: (median wall, min wall, median process CPU) of :func:`timing.measure`'s repeats."""
+    walls, cpus = measure(fn, iters, repeats, warmup)
     return statistics.median(walls), min(walls), statistics.median(cpus)
 
 
