@@ -39,7 +39,9 @@ def main(cfg):
     # Data and envs: online rewards get the dataset's reward transform; evaluation sees raw rewards, comparable to the
     # dataset's reference scores.
     rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
-    env = make_env(cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps)
+    env = make_env(
+        cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps, keep_raw_reward=True
+    )
     eval_env = make_env(
         cfg.env.name,
         from_dataset=rb,

@@ -161,6 +161,8 @@ def test_recipe_runs_both_phases_with_regenerations_from_another_directory(name,
     run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     elsewhere.mkdir()
     extra = ["value.hidden_sizes=[32, 32]"] if name == "edis_iql" else []
+    # 10-step episodes end online; rewards x100 for training tell raw from transformed returns in the log
+    extra += ["env.max_episode_steps=10", "data.reward_scale=100.0"]
     proc = run_recipe(name, [*TINY, *extra, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], elsewhere)
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"{name}: 50 steps") and "normalized score offline" in summary
@@ -171,6 +173,9 @@ def test_recipe_runs_both_phases_with_regenerations_from_another_directory(name,
     assert metrics["edis/regenerations"][0].tolist() == [20, 30, 40]
     assert metrics["edis/energy_loss/policy"][0].tolist() == [30, 40]  # energies need online data and the policy
     assert metrics["eval/normalized_score"][0].tolist() == [20, 25, 50]
+    # training episodes are logged in raw reward units, as calql/iql log them: 10 Pendulum steps >= 10 * -16.3
+    returns = metrics["train/episode_return"][1]
+    assert len(returns) == 3 and (returns >= -163.0).all() and (returns < 0).all(), returns
     assert not any(elsewhere.iterdir())  # nothing written to the working directory
 
 
