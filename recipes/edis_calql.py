@@ -23,10 +23,9 @@ from torchrl.objectives import SoftUpdate
 
 from diffrl import registry
 from diffrl.data import load_dataset
-from diffrl.envs import make_env
-from diffrl.train import resolve_device, run_recipe, seed_env, seed_everything, start_run
+from diffrl.train import resolve_device, run_recipe, seed_everything, start_run
 from diffrl.train.edis_hook import EDISHook, build_edis
-from diffrl.train.o2o import O2OHook, OfflineToOnline, summed_loss_update
+from diffrl.train.o2o import O2OHook, OfflineToOnline, o2o_envs, summed_loss_update
 
 
 def main(cfg):
@@ -39,17 +38,9 @@ def main(cfg):
     # Data and envs: the dataset carries mc_return (calibration), observation statistics and reference scores. Online
     # rewards get the dataset's reward transform; evaluation sees raw rewards, comparable to the reference scores.
     rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
-    env = make_env(
-        cfg.env.name, from_dataset=rb, device=device, max_episode_steps=cfg.env.max_episode_steps, keep_raw_reward=True
+    env, eval_env = o2o_envs(
+        cfg.env.name, rb, device=device, max_episode_steps=cfg.env.max_episode_steps, seed=cfg.seed
     )
-    eval_env = make_env(
-        cfg.env.name,
-        from_dataset=rb,
-        device=device,
-        max_episode_steps=cfg.env.max_episode_steps,
-        transform_reward=False,
-    )
-    seed_env(eval_env, seed_env(env, cfg.seed))
 
     # Cal-QL: tanh-Gaussian actor within the env's bounds, one Q network the loss copies num_qvalue_nets times.
     space = env.action_spec.space

@@ -55,7 +55,7 @@ _EXPORTS = {
     "checkpoint": ("CheckpointError", "Checkpointer", "find_checkpoint", "latest_checkpoint", "without_contents"),
     "run": ("Run", "fresh_run_dir", "start_run"),
     "files": ("atomic_write", "atomic_write_text"),
-    "o2o": ("O2OHook", "O2OSettings", "OfflineToOnline", "summed_loss_update"),
+    "o2o": ("O2OHook", "O2OSettings", "OfflineToOnline", "o2o_envs", "summed_loss_update"),
     "replay": ("BatchMixer", "StoredItems", "make_online_buffer"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -87,6 +87,7 @@ __all__ = [
     "make_online_buffer",
     "make_progress",
     "normalized_score",
+    "o2o_envs",
     "read_metrics",
     "resolve_device",
     "rng_state",
@@ -126,7 +127,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from diffrl.train.evaluation import evaluate, normalized_score
     from diffrl.train.files import atomic_write, atomic_write_text
     from diffrl.train.metrics import BACKENDS, MetricLogger, read_metrics
-    from diffrl.train.o2o import O2OHook, O2OSettings, OfflineToOnline, summed_loss_update
+    from diffrl.train.o2o import O2OHook, O2OSettings, OfflineToOnline, o2o_envs, summed_loss_update
     from diffrl.train.progress import Progress, Timer, format_summary, make_progress
     from diffrl.train.replay import BatchMixer, StoredItems, make_online_buffer
     from diffrl.train.run import Run, fresh_run_dir, start_run

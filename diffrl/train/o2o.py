@@ -28,13 +28,15 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
+from diffrl.envs import make_env
 from diffrl.train.checkpoint import without_contents
 from diffrl.train.collectors import EpisodeTracker
 from diffrl.train.evaluation import evaluate
 from diffrl.train.progress import Timer, format_summary, make_progress
 from diffrl.train.replay import BatchMixer, StoredItems, make_online_buffer
+from diffrl.train.seeding import seed_env
 
-__all__ = ["O2OHook", "O2OSettings", "OfflineToOnline", "summed_loss_update"]
+__all__ = ["O2OHook", "O2OSettings", "OfflineToOnline", "o2o_envs", "summed_loss_update"]
 
 _LOOP_STATE = "o2o_loop"  # checkpoint name of the loop's counters
 
@@ -390,6 +392,35 @@ class OfflineToOnline:
         self._credit = float(state["credit"])
         self._tracker.load_state_dict({"episodes": state["episodes"]})
         self.phase_scores = dict(state["phase_scores"])
+
+
+def o2o_envs(
+    name: str | None, dataset: Any, *, device: Any = None, max_episode_steps: int | None = None, seed: int = 0
+) -> tuple[Any, Any]:
+    """The training and evaluation envs of an offline-to-online recipe, built from the dataset and seeded.
+
+    Training env: the dataset's observation normalisation and reward transform, so fresh transitions are in the
+    units the critic learned, plus the raw reward in ("next", "raw_reward") so training-episode returns are logged
+    in the reference scores' units. Evaluation env: the same observations, raw rewards. Seeds ``seed`` and the next
+    one (``seed_env``'s convention), so the two envs draw different streams.
+
+    Args:
+        name: the gymnasium env id, or None for the env the dataset was collected in.
+        dataset: an ``OfflineReplayBuffer`` (``load_dataset``), or None for plain envs.
+        device: where the envs put their tensors.
+        max_episode_steps: episode limit (None: the env's own).
+        seed: the training env's seed.
+
+    Example:
+        >>> env, eval_env = o2o_envs("Pendulum-v1", None, max_episode_steps=3, seed=0)
+        >>> [("next", "raw_reward") in e.rollout(3).keys(True) for e in (env, eval_env)]
+        [True, False]
+    """
+    options = {"from_dataset": dataset, "device": device, "max_episode_steps": max_episode_steps}
+    env = make_env(name, keep_raw_reward=True, **options)
+    eval_env = make_env(name, transform_reward=False, **options)
+    seed_env(eval_env, seed_env(env, seed))
+    return env, eval_env
 
 
 def summed_loss_update(
