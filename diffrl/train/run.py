@@ -4,9 +4,9 @@ Keys read from the config (the shared recipe keys of DESIGN.md): ``logger.dir`` 
 (csv/tensorboard/wandb), ``resume`` (a run directory or a checkpoint file, or null); optional ``logger.project`` (W&B)
 and ``logger.keep`` (checkpoints kept, default 2).
 
-Run directory: ``logger.dir`` itself when it does not exist or is empty; a directory that already holds files is
-never written into by a fresh run: ``-1``, ``-2``, ... is appended instead
-(``logger.dir: runs/iql/${now:%Y%m%d-%H%M%S}`` gives every run its own directory).
+Run directory: ``logger.dir`` itself when it does not exist; an existing directory (even an empty one) is never
+written into by a fresh run: ``-1``, ``-2``, ... is appended instead, and the claim is atomic, so two runs started at
+the same instant with the same ``logger.dir`` never share a directory.
 
 A resumed run continues in the directory of the checkpoint it resumes from: its CSV rows after the checkpoint's step
 are dropped and rewritten, so the curves read as one uninterrupted run.
@@ -23,30 +23,48 @@ from omegaconf import DictConfig
 from diffrl.train.checkpoint import Checkpointer, find_checkpoint
 from diffrl.train.metrics import MetricLogger, check_backend
 
-__all__ = ["Run", "start_run", "fresh_run_dir"]
+__all__ = ["Run", "start_run", "fresh_run_dir", "claimed_run_dirs"]
+
+_CLAIMED: list[Path] = []  # run directories this process created (fresh_run_dir)
 
 
 def fresh_run_dir(path: str | os.PathLike) -> Path:
-    """``path`` if it is free (missing or empty), else the first free ``path-1``, ``path-2``, ...; created.
+    """Claim a new run directory: ``path`` if it does not exist, else the first free ``path-1``, ``path-2``, ...
+
+    The claim is one ``mkdir`` (atomic on every file system): of two runs started at the same instant with the same
+    ``logger.dir``, one gets ``path`` and the other ``path-1``. An existing directory is never adopted, even an empty
+    one, since another run may have just created it. Directories claimed by this process are remembered
+    (:func:`claimed_run_dirs`) so a run that fails on bad input can remove what it created.
 
     Example:
         >>> import tempfile, pathlib
         >>> root = pathlib.Path(tempfile.mkdtemp())
-        >>> first = fresh_run_dir(root / "run"); _ = (first / "config.yaml").write_text("seed: 0")
-        >>> fresh_run_dir(root / "run").name
+        >>> first = fresh_run_dir(root / "run")
+        >>> fresh_run_dir(root / "run").name   # "run" exists (empty or not): never shared
         'run-1'
     """
     path = Path(path)
     candidate, i = path, 0
     while True:
         try:
-            candidate.mkdir(parents=True, exist_ok=False)  # atomic claim: two runs starting together differ
-            return candidate
+            candidate.mkdir(parents=True, exist_ok=False)  # the atomic claim
         except FileExistsError:
-            if candidate.is_dir() and not any(candidate.iterdir()):
-                return candidate
-        i += 1
-        candidate = path.with_name(f"{path.name}-{i}")
+            i += 1
+            candidate = path.with_name(f"{path.name}-{i}")
+            continue
+        _CLAIMED.append(candidate.resolve())
+        return candidate
+
+
+def claimed_run_dirs() -> list[Path]:
+    """The run directories :func:`fresh_run_dir` created in this process, oldest first.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> fresh_run_dir(pathlib.Path(tempfile.mkdtemp()) / "r").resolve() in claimed_run_dirs()
+        True
+    """
+    return list(_CLAIMED)
 
 
 def _run_dir_of(checkpoint: Path) -> Path | None:
