@@ -21,10 +21,18 @@ from tensordict import TensorDictBase
 from torchrl.data import RandomSampler, TensorDictReplayBuffer, TensorStorage
 
 from diffrl.data.paths import check_dataset_id, dataset_dir, datasets_root, local_dataset_ids
-from diffrl.data.reading import DatasetCorruptedError, DatasetNotFoundError, RawDataset, read_dataset
+from diffrl.data.reading import (
+    MAX_ABS_VALUE,
+    DatasetCorruptedError,
+    DatasetNotFoundError,
+    DatasetValueError,
+    RawDataset,
+    check_dataset_values,
+    read_dataset,
+)
 from diffrl.data.returns import RewardTransform, discounted_return_to_go, episode_returns, make_reward_transform
 
-__all__ = ["OfflineReplayBuffer", "load_dataset", "DatasetNotFoundError", "DatasetCorruptedError"]
+__all__ = ["OfflineReplayBuffer", "load_dataset", "DatasetNotFoundError", "DatasetCorruptedError", "DatasetValueError"]
 
 
 class OfflineReplayBuffer(TensorDictReplayBuffer):
@@ -219,6 +227,8 @@ def load_dataset(
     reward_range_steps: int = 1000,
     normalize_obs: bool = False,
     obs_std_eps: float = 1e-3,
+    drop_nonfinite_episodes: bool = False,
+    max_abs_value: float | None = MAX_ABS_VALUE,
     build: bool = True,
     download: bool = True,
     cache: bool = True,
@@ -251,6 +261,9 @@ def load_dataset(
         reward_scale, reward_bias, normalize_reward, reward_range_steps: the reward transform (see step 1).
         normalize_obs: store normalised observations. Default False (statistics are available either way).
         obs_std_eps: added to the standard deviation. Default 1e-3.
+        drop_nonfinite_episodes: drop the episodes holding a NaN / infinite (or beyond ``max_abs_value``)
+            observation, action or reward, with a warning giving the count. Default False: such values are an error.
+        max_abs_value: magnitude above which a finite value counts as garbled (default 1e10); None accepts any.
         build: allow building a registered generator's dataset. download: allow ``minari.download_dataset``.
         cache: reuse (and write) the dataset's load cache, ``<dataset dir>/.diffrl-cache`` (see
             :func:`~diffrl.data.reading.read_dataset`): the HDF5 file is read once, later loads take a fraction of it.
@@ -259,6 +272,8 @@ def load_dataset(
     Raises:
         DatasetNotFoundError: no source has the dataset (the message lists each source tried and the local datasets).
         DatasetCorruptedError: a local dataset exists but is unreadable or incomplete.
+        DatasetValueError: the dataset holds non-finite or absurdly large values (see
+            :func:`~diffrl.data.reading.check_dataset_values`; the message gives counts, field, first episode and step).
 
     Example:
         >>> import tempfile
@@ -273,6 +288,7 @@ def load_dataset(
     """
     check_dataset_id(dataset_id)
     raw = read_dataset(dataset_id, _find(dataset_id, build=build, download=download), cache=cache)
+    raw = check_dataset_values(raw, drop_nonfinite_episodes=drop_nonfinite_episodes, max_abs_value=max_abs_value)
     return _buffer_from_raw(
         raw,
         batch_size=batch_size,

@@ -9,6 +9,7 @@ space's key order, as ``gymnasium.wrappers.FlattenObservation`` does, so the env
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -21,17 +22,37 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-__all__ = ["DatasetNotFoundError", "DatasetCorruptedError", "RawDataset", "read_dataset"]
+from diffrl.train.config import ConfigError
+
+__all__ = [
+    "DatasetNotFoundError",
+    "DatasetCorruptedError",
+    "DatasetValueError",
+    "MAX_ABS_VALUE",
+    "RawDataset",
+    "check_dataset_values",
+    "read_dataset",
+]
 
 CACHE_DIR = ".diffrl-cache"  # inside a dataset's directory; hidden, so Minari ignores it
 
+# Larger magnitudes are taken for garbled storage rather than data: no gymnasium task observes, acts or rewards at
+# 1e10, while reinterpreted or uninitialised float bytes land there (e.g. 2.8e38).
+MAX_ABS_VALUE = 1e10
 
-class DatasetNotFoundError(FileNotFoundError, LookupError):
+
+# The dataset errors are ConfigErrors too: a dataset id and the data it names are user input, so a recipe
+# (run_recipe) reports them as one line with exit status 2 instead of a traceback.
+class DatasetNotFoundError(FileNotFoundError, LookupError, ConfigError):
     """No local dataset, no registered generator and no download could provide a dataset id."""
 
 
-class DatasetCorruptedError(OSError, ValueError):
+class DatasetCorruptedError(OSError, ConfigError):
     """A local dataset exists but cannot be read completely (corrupted, truncated or partially written)."""
+
+
+class DatasetValueError(DatasetCorruptedError):
+    """A dataset holds non-finite (NaN, inf) or absurdly large observations, actions or rewards."""
 
 
 @dataclass
@@ -167,6 +188,96 @@ def _save_cache(path: Path, key: str, transitions: TensorDict, rewards: np.ndarr
     except OSError as err:  # e.g. a read-only dataset directory; loading still works, only slower next time
         warnings.warn(f"could not write the load cache of {path}: {err}", stacklevel=3)
         tmp.unlink(missing_ok=True)
+
+
+def _bad_values(values: torch.Tensor | np.ndarray, max_abs: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row masks (rows = transitions) of non-finite entries and of finite entries beyond ``max_abs``."""
+    array = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    array = array.reshape(len(array), -1)
+    finite = np.isfinite(array)
+    nonfinite = ~finite.all(axis=1)
+    if max_abs is None:
+        return nonfinite, np.zeros_like(nonfinite)
+    with np.errstate(invalid="ignore", over="ignore"):  # a bound beyond the dtype's range overflows to inf: fine
+        huge = (finite & (np.abs(array) > max_abs)).any(axis=1)
+    return nonfinite, huge
+
+
+def check_dataset_values(
+    raw: RawDataset, *, drop_nonfinite_episodes: bool = False, max_abs_value: float | None = MAX_ABS_VALUE
+) -> RawDataset:
+    """Refuse (or drop the episodes holding) non-finite or absurdly large observations, actions and rewards.
+
+    Checked fields: ``observation``, ``next_observation``, ``action`` and ``reward`` (the stored float64 rewards). A
+    value is bad when it is NaN or infinite, or (``max_abs_value`` not None) when its magnitude exceeds
+    ``max_abs_value`` (default :data:`MAX_ABS_VALUE`, 1e10): garbled storage, not data. Without
+    ``drop_nonfinite_episodes`` any bad value raises :class:`DatasetValueError`, one line giving, per field, the count
+    and the first episode and step; with it, every episode holding a bad value is removed (a warning gives the count)
+    and the remaining episodes are renumbered ``0, 1, ...``. Returns ``raw`` itself when nothing is bad.
+
+    Example:
+        >>> from tensordict import TensorDict
+        >>> data = TensorDict({"observation": torch.tensor([[0.0], [float("nan")], [1.0]]),
+        ...                    "action": torch.zeros(3, 1), "episode": torch.tensor([0, 0, 1]),
+        ...                    "next": {"observation": torch.zeros(3, 1), "reward": torch.zeros(3, 1)}}, [3])
+        >>> space = gym.spaces.Box(-1.0, 1.0, (1,))
+        >>> raw = RawDataset("demo/nan-v0", Path("."), data, np.zeros(3), np.array([2, 1]), space, space)
+        >>> try:
+        ...     check_dataset_values(raw)
+        ... except DatasetValueError as err:
+        ...     print(str(err).split(", in ")[0])
+        dataset 'demo/nan-v0' holds bad values: observation: 1 non-finite (first at episode 0 step 1)
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     kept = check_dataset_values(raw, drop_nonfinite_episodes=True)
+        >>> kept.episode_lengths.tolist(), kept.transitions["episode"].tolist()
+        ([1], [0])
+    """
+    data = raw.transitions
+    fields = {
+        "observation": data.get("observation"),
+        "next_observation": data.get(("next", "observation")),
+        "action": data.get("action"),
+        "reward": raw.rewards,
+    }
+    episode = data.get("episode").numpy()
+    starts = np.concatenate([[0], np.cumsum(raw.episode_lengths)[:-1]])
+    bad_rows = np.zeros(len(episode), dtype=bool)
+    problems = []
+    bound = f"{max_abs_value:g}" if max_abs_value is not None else "inf"
+    for name, values in fields.items():
+        for mask, what in zip(_bad_values(values, max_abs_value), ("non-finite", f"|x| > {bound}")):
+            if mask.any():
+                first = int(np.argmax(mask))
+                ep = int(episode[first])
+                problems.append(
+                    f"{name}: {int(mask.sum())} {what} (first at episode {ep} step {first - int(starts[ep])})"
+                )
+                bad_rows |= mask
+    if not problems:
+        return raw
+    bad_episodes = np.unique(episode[bad_rows])
+    if not drop_nonfinite_episodes or len(bad_episodes) == len(raw.episode_lengths):
+        every = " (every episode: nothing would be left to drop)" if drop_nonfinite_episodes else ""
+        raise DatasetValueError(
+            f"dataset {raw.dataset_id!r} holds bad values: {'; '.join(problems)}, in {len(bad_episodes)} of "
+            f"{len(raw.episode_lengths)} episodes{every}. Fix: rebuild or repair the dataset, or drop those episodes "
+            "with load_dataset(..., drop_nonfinite_episodes=True) (recipes: +data.drop_nonfinite_episodes=true); "
+            f"values with |x| > {bound} are accepted with max_abs_value=None or a larger bound."
+        )
+    keep_episode = np.ones(len(raw.episode_lengths), dtype=bool)
+    keep_episode[bad_episodes] = False
+    keep_rows = keep_episode[episode]
+    transitions = data[torch.from_numpy(keep_rows)]
+    lengths = raw.episode_lengths[keep_episode]
+    transitions.set("episode", torch.repeat_interleave(torch.arange(len(lengths)), torch.as_tensor(lengths)))
+    warnings.warn(
+        f"dataset {raw.dataset_id!r}: dropped {len(bad_episodes)} of {len(raw.episode_lengths)} episodes "
+        f"({int((~keep_rows).sum())} steps) holding bad values: {'; '.join(problems)}.",
+        stacklevel=3,
+    )
+    return dataclasses.replace(raw, transitions=transitions, rewards=raw.rewards[keep_rows], episode_lengths=lengths)
 
 
 def read_dataset(dataset_id: str, path: str | Path, *, cache: bool = True) -> RawDataset:

@@ -1,0 +1,94 @@
+"""Bad data and bad dataset requests are refused up front with one line that says what and where (issue #13.6-9).
+
+Each case writes a small real Minari dataset and damages it the way a disk, a converter or a user would: one NaN
+reward or an infinite action written into the HDF5 file with h5py, garbled (finite but absurd) observations, an
+unknown id, the dataset of another env, a read-only datasets root.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from recipe_runner import random_pendulum_dataset
+
+from diffrl.data import load_dataset
+from diffrl.data.paths import dataset_dir
+from diffrl.data.reading import DatasetValueError
+from diffrl.train.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _damaged(dataset_id: str, episode: int, field: str, index: tuple, value: float, num_episodes: int = 3) -> str:
+    """A fresh random Pendulum dataset (200-step episodes) with ``value`` at ``episode_<episode>/field[index]``."""
+    if dataset_dir(dataset_id).exists():
+        shutil.rmtree(dataset_dir(dataset_id))
+    random_pendulum_dataset(dataset_id, num_episodes)
+    with h5py.File(dataset_dir(dataset_id) / "data" / "main_data.hdf5", "r+") as file:
+        file[f"episode_{episode}/{field}"][index] = value
+    return dataset_id
+
+
+def test_one_nan_reward_is_refused_with_count_field_episode_and_step():
+    dataset_id = _damaged("test/faults/nan-reward-v0", episode=1, field="rewards", index=(17,), value=np.nan)
+    with pytest.raises(DatasetValueError) as info:
+        load_dataset(dataset_id)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "reward: 1 non-finite (first at episode 1 step 17)" in message
+    assert "in 1 of 3 episodes" in message and "drop_nonfinite_episodes=True" in message
+    assert "observation:" not in message and "action:" not in message  # only the damaged field is named
+    assert isinstance(info.value, ConfigError)  # a recipe reports it as one line, exit status 2
+
+
+def test_nan_observation_is_named_in_both_observation_fields():
+    # observation 5 of an episode is the observation of step 5 and the next observation of step 4
+    dataset_id = _damaged("test/faults/nan-obs-v0", episode=2, field="observations", index=(5, 1), value=np.nan)
+    with pytest.raises(DatasetValueError) as info:
+        load_dataset(dataset_id)
+    message = str(info.value)
+    assert "observation: 1 non-finite (first at episode 2 step 5)" in message
+    assert "next_observation: 1 non-finite (first at episode 2 step 4)" in message
+
+
+def test_infinite_action_is_refused():
+    dataset_id = _damaged("test/faults/inf-action-v0", episode=0, field="actions", index=(3, 0), value=-np.inf)
+    with pytest.raises(DatasetValueError, match=r"action: 1 non-finite \(first at episode 0 step 3\)"):
+        load_dataset(dataset_id)
+
+
+def test_garbled_finite_observations_are_refused_and_the_threshold_can_be_lifted():
+    dataset_id = _damaged("test/faults/huge-obs-v0", episode=0, field="observations", index=(0, 0), value=2.8e38)
+    with pytest.raises(DatasetValueError) as info:
+        load_dataset(dataset_id)
+    message = str(info.value)
+    assert "observation: 1 |x| > 1e+10 (first at episode 0 step 0)" in message
+    assert "max_abs_value=None" in message
+    rb = load_dataset(dataset_id, max_abs_value=None)  # the user says the values are real
+    assert len(rb) == 600 and float(rb.transitions["observation"].max()) == pytest.approx(2.8e38, rel=1e-6)
+    assert len(load_dataset(dataset_id, max_abs_value=1e39)) == 600  # or a larger bound
+
+
+def test_drop_option_removes_exactly_the_damaged_episodes_and_warns():
+    dataset_id = _damaged("test/faults/drop-v0", episode=1, field="rewards", index=(0,), value=np.inf)
+    with pytest.warns(UserWarning, match=r"dropped 1 of 3 episodes \(200 steps\)"):
+        rb = load_dataset(dataset_id, drop_nonfinite_episodes=True, gamma=0.9)
+    assert len(rb) == 400
+    assert rb.episode_lengths.tolist() == [200, 200]
+    assert sorted(set(rb.transitions["episode"].tolist())) == [0, 1]
+    assert bool(rb.transitions["next", "reward"].isfinite().all())
+    assert bool(rb.transitions["mc_return"].isfinite().all())
+    assert np.isfinite(rb.episode_returns).all()
+
+
+def test_drop_option_refuses_when_every_episode_is_damaged():
+    dataset_id = _damaged("test/faults/all-bad-v0", 0, "rewards", (0,), np.nan, num_episodes=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DatasetValueError, match="every episode"):
+            load_dataset(dataset_id, drop_nonfinite_episodes=True)
