@@ -7,6 +7,7 @@ layers, which is what the fast sampling paths and the stacked-weight ensembles s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from diffrl.nn.activations import mish
 
-__all__ = ["ACTIVATIONS", "activation_fn", "inplace_activation_fn", "mish_inplace", "MLP"]
+__all__ = ["ACTIVATIONS", "INITS", "activation_fn", "inplace_activation_fn", "init_linear_", "mish_inplace", "MLP"]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "mish": mish,  # diffrl.nn.activations: same values as F.mish, 2-3x faster on CPU with a graph
@@ -101,6 +102,60 @@ def _check_sizes(hidden_sizes: Sequence[int], what: str) -> tuple[int, ...]:
     return sizes
 
 
+def _check_dim(value: object, what: str) -> int:
+    """``value`` if it is a positive int; otherwise a one-line ``ValueError`` naming ``what``.
+
+    Example:
+        >>> _check_dim(3, "obs_dim")
+        3
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive int (a flat vector's size), got {value!r}; e.g. {what}=3.")
+    return value
+
+
+def _check_hidden(hidden_sizes: Sequence[int], what: str = "hidden_sizes") -> tuple[int, ...]:
+    """``_check_sizes`` that also refuses an empty sequence (the builders' networks need a hidden layer)."""
+    sizes = _check_sizes(hidden_sizes, what)
+    if not sizes:
+        raise ValueError(f"{what} must list at least one positive width, got {hidden_sizes!r}; e.g. (256, 256).")
+    return sizes
+
+
+# Weight initialisations a config can name. "default" keeps nn.Linear's own (uniform in +-1/sqrt(fan_in)).
+# "orthogonal": CORL's Cal-QL/CQL networks (orthogonal_init=True): every Linear layer, the output layer included,
+#   orthogonal with gain sqrt(2), biases 0.
+# "xavier_uniform": jaxrl5's Dense layers (the QSM authors' code): Glorot-uniform weights with gain 1, biases 0
+#   (flax's default bias init).
+INITS: tuple[str, ...] = ("default", "orthogonal", "xavier_uniform")
+
+
+def init_linear_(weight: Tensor, bias: Tensor | None, init: str) -> None:
+    """Re-initialise one linear layer in place: ``weight`` is ``[out, in]`` (``nn.Linear``'s layout).
+
+    ``init`` is one of ``INITS``; ``"default"`` leaves the tensors untouched. See ``INITS`` for the sources.
+
+    Example:
+        >>> import torch
+        >>> layer = torch.nn.Linear(8, 4)
+        >>> init_linear_(layer.weight, layer.bias, "orthogonal")
+        >>> w = layer.weight.detach()
+        >>> torch.allclose(w @ w.T, 2 * torch.eye(4), atol=1e-5), bool((layer.bias == 0).all())
+        (True, True)
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; accepted: {list(INITS)}.")
+    if init == "default":
+        return
+    with torch.no_grad():
+        if init == "orthogonal":
+            nn.init.orthogonal_(weight, gain=math.sqrt(2.0))
+        else:
+            nn.init.xavier_uniform_(weight, gain=1.0)
+        if bias is not None:
+            bias.zero_()
+
+
 class MLP(nn.Module):
     """``in_dim -> hidden_sizes... -> out_dim`` with an activation after every hidden layer.
 
@@ -112,6 +167,8 @@ class MLP(nn.Module):
         hidden_sizes: widths of the hidden layers. Default ``(256, 256)``.
         activation: activation name (see ``ACTIVATIONS``). Default ``"relu"``.
         activate_final: also apply the activation to the output. Default False.
+        init: weight initialisation of every layer, one of ``INITS`` (see there for the sources). Default
+            ``"default"`` (``nn.Linear``'s own), which the original Diffusion-QL networks use.
 
     Example:
         >>> import torch
@@ -127,10 +184,13 @@ class MLP(nn.Module):
         hidden_sizes: Sequence[int] = (256, 256),
         activation: str = "relu",
         activate_final: bool = False,
+        init: str = "default",
     ) -> None:
         super().__init__()
         sizes = (in_dim, *_check_sizes(hidden_sizes, "hidden_sizes"), out_dim)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        for layer in self.layers:
+            init_linear_(layer.weight, layer.bias, init)
         self.activation = activation
         self._act = activation_fn(activation)
         self._act_inplace = inplace_activation_fn(activation)

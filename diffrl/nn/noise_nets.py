@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from diffrl.nn.activations import mish as fast_mish
 from diffrl.nn.embeddings import FourierFeatures, SinusoidalEmbedding
-from diffrl.nn.mlp import MLP, _check_sizes, activation_fn, inplace_activation_fn
+from diffrl.nn.mlp import INITS, MLP, _check_sizes, activation_fn, init_linear_, inplace_activation_fn
 
 __all__ = ["ConditionalNoiseNet", "DiffusionQLNoiseNet", "QSMNoiseNet", "NOISE_NETS"]
 
@@ -39,6 +39,10 @@ class ConditionalNoiseNet(nn.Module):
     anything broadcastable to ``*B``, e.g. a 0-d tensor or an int) and ``condition: [*B, obs_dim]`` (broadcastable).
 
     Subclasses only choose the time encoder, widths and input order. See ``DiffusionQLNoiseNet`` for an example.
+
+    ``init`` re-initialises every ``nn.Linear`` (trunk and time encoder), one of ``diffrl.nn.mlp.INITS``:
+    ``"xavier_uniform"`` is what the QSM authors' jaxrl5 networks use (Glorot-uniform, biases 0, every Dense layer).
+    Default ``"default"`` (``nn.Linear``'s own), as Diffusion-QL's official PyTorch networks.
     """
 
     def __init__(
@@ -50,8 +54,11 @@ class ConditionalNoiseNet(nn.Module):
         hidden_sizes: Sequence[int],
         activation: str,
         input_order: Sequence[str],
+        init: str = "default",
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {list(INITS)}, got {init!r}.")
         if sorted(input_order) != sorted(_PARTS):
             raise ValueError(f"input_order must be a permutation of {_PARTS}, got {tuple(input_order)}.")
         for label, value in (("action_dim", action_dim), ("obs_dim", obs_dim)):
@@ -77,6 +84,10 @@ class ConditionalNoiseNet(nn.Module):
         # on CPU, so the graph path uses diffrl.nn.activations.mish (same values and gradients, about 2x faster).
         self._act = fast_mish if activation == "mish" else activation_fn(activation)
         self._act_inplace = inplace_activation_fn(activation)
+        # Every linear layer, the time encoder's included (learnable Fourier frequencies keep their own init).
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                init_linear_(module.weight, module.bias, init)
 
     def _trunk(self, h: Tensor) -> Tensor:
         """Everything after the first layer's pre-activation."""
@@ -161,6 +172,8 @@ class DiffusionQLNoiseNet(ConditionalNoiseNet):
         time_dim: time-embedding size. Default 16.
         time_hidden: hidden width of the time MLP. Default 32.
         activation: default ``"mish"``.
+        init: weight init of every linear layer (``diffrl.nn.mlp.INITS``). Default ``"default"``: the official
+            Diffusion-QL code keeps ``nn.Linear``'s init.
 
     Example:
         >>> import torch
@@ -180,12 +193,13 @@ class DiffusionQLNoiseNet(ConditionalNoiseNet):
         time_dim: int = 16,
         time_hidden: int = 32,
         activation: str = "mish",
+        init: str = "default",
     ) -> None:
         time_encoder = nn.Sequential(
             SinusoidalEmbedding(time_dim), nn.Linear(time_dim, time_hidden), nn.Mish(), nn.Linear(time_hidden, time_dim)
         )
         super().__init__(
-            action_dim, obs_dim, time_encoder, time_dim, hidden_sizes, activation, ("action", "time", "condition")
+            action_dim, obs_dim, time_encoder, time_dim, hidden_sizes, activation, ("action", "time", "condition"), init
         )
 
 
@@ -200,6 +214,9 @@ class QSMNoiseNet(ConditionalNoiseNet):
         time_hidden: widths of the time MLP; its last width is the time-feature size. Default ``(128, 128)``.
         fourier_std: initial frequency std. Default 0.2.
         activation: default ``"mish"``.
+        init: weight init of every linear layer (``diffrl.nn.mlp.INITS``). ``"xavier_uniform"`` follows the QSM
+            authors' jaxrl5 code (the qsm configs set it); the default ``"default"`` (``nn.Linear``'s own) keeps
+            this class's behaviour for existing users and checkpoints.
 
     Example:
         >>> import torch
@@ -217,6 +234,7 @@ class QSMNoiseNet(ConditionalNoiseNet):
         time_hidden: Sequence[int] = (128, 128),
         fourier_std: float = 0.2,
         activation: str = "mish",
+        init: str = "default",
     ) -> None:
         time_hidden = _check_sizes(time_hidden, "time_hidden")
         fourier = FourierFeatures(time_frequencies, std=fourier_std)
@@ -231,6 +249,7 @@ class QSMNoiseNet(ConditionalNoiseNet):
             hidden_sizes,
             activation,
             ("action", "condition", "time"),
+            init,
         )
 
 
