@@ -1,38 +1,52 @@
 """D4RL-style ``medium`` and ``medium-replay`` datasets for any gymnasium env, made by training TorchRL's SAC.
 
-D4RL made its MuJoCo ``medium`` data by rolling out a SAC policy stopped early (about a third of expert return) and
-``medium-replay`` from that SAC run's replay buffer. :func:`build_sac_datasets` does the same on this machine, in one
-training run: TorchRL's ``SACLoss`` (twin Q, automatic entropy tuning, ``SoftUpdate``) with a tanh-Gaussian actor,
-one gradient step per environment step after uniform-random warm-up steps, batches drawn uniformly from a
-preallocated TensorDict of every transition so far (the replay buffer, which never overflows); then
+D4RL made its MuJoCo ``medium`` data by rolling out a SAC policy stopped early, at about a third of expert return,
+and ``medium-replay`` from that SAC run's replay buffer. :func:`build_sac_datasets` does the same on this machine, in
+one training run:
 
-* ``<namespace>/medium-replay-v<version>``: every transition the run collected, warm-up included, in episode order
-  (the episode running when training stops is cut and marked truncated);
-* ``<namespace>/medium-v<version>``: ``medium_steps`` transitions of the final policy, sampled stochastically.
+* SAC as usually tuned for MuJoCo: TorchRL's ``SACLoss`` (twin Q, no state-value net, automatic entropy tuning with
+  target ``-dim(A)``) with an L2 critic loss, three Adam optimizers (actor 3e-4, critics and temperature 1e-3),
+  ``SoftUpdate`` with tau 0.005, gamma 0.99, 256x256 ReLU networks, batch 256, 5k uniform-random warm-up steps, then
+  one gradient step per environment step; batches uniform over every transition so far (the buffer never overflows).
+  The actor is a tanh-Gaussian whose log-std is ``tanh``-squashed into [-5, 2], so a fresh actor's pre-tanh std is
+  about 0.22 (TorchRL's default softplus scale starts near 1, which keeps early Hopper policies falling over).
+* Every ``eval_every`` steps the policy is evaluated (``eval_episodes`` stochastic episodes, the way the ``medium``
+  data is collected, plus as many deterministic ones for the learning curve). Training stops at the first
+  evaluation whose normalised stochastic return lies inside ``stop_band`` (default 30-60, D4RL's "medium"), or at the
+  ``train_steps`` cap; at the cap the evaluated snapshot closest to the band is used and the replay is cut there.
+* ``<namespace>/medium-replay-v<version>``: every transition of the run up to the stopping step, warm-up included, in
+  episode order (the episode running at the stop is cut and marked truncated);
+* ``<namespace>/medium-v<version>``: ``medium_steps`` transitions of the stopped policy, sampled stochastically.
 
-CPU build time, measured on this project's machine (one thread, process CPU time, Hopper-v5, default 256x256
-networks, batch 256): one SAC update costs about 36 ms and one policy step in the env about 2 ms. The defaults
-(``train_steps=100_000`` with 5k warm-up, ``medium_steps=100_000``) therefore need about 60 min of training plus
-about 4 min of rollouts and seconds of writing: roughly 65 CPU-minutes per task (HalfCheetah and Walker2d alike),
-and several times longer in wall time when the machine is shared. D4RL's 1M-step budget would take about 10 hours.
-Smaller budgets (``train_steps=20_000``: about 12 minutes) give weaker "medium" policies. The smoke test and the
-example below use a few hundred steps on Pendulum-v1 and take seconds.
+The whole build is deterministic given ``seed`` (torch, the env resets, warm-up actions and minibatches are seeded;
+evaluations draw from their own seeded random stream, so evaluating more or less often does not change training).
+
+CPU cost, measured on this project's machine (one torch thread, ``time.process_time``): one SAC update costs about
+22 ms and one policy step about 0.5 ms. Hopper-v5 reaches its medium band after about 40k-70k steps (15-30
+CPU-minutes); HalfCheetah-v5 and Walker2d-v5 need more (see ``benchmarks/results/sac_datasets/README.md`` for the
+measured curves and build times). Knobs a user can lower: ``train_steps`` (the cap; a policy stopped by the cap
+before reaching the band is weaker than "medium"), ``medium_steps`` (size of the ``medium`` data, about 0.5 ms per
+step) and ``eval_episodes`` / ``eval_every``. Pass ``stop_band=None`` to train exactly ``train_steps`` steps.
 Reference scores: D4RL's MuJoCo constants for hopper, halfcheetah and walker2d (random and expert returns), so
-normalised scores read like D4RL's; other envs get none unless passed.
+normalised scores read like D4RL's; other envs get none unless passed (and then train to the cap).
 """
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from minari.data_collector.episode_buffer import EpisodeBuffer
 
 from diffrl.data.paths import dataset_dir
 from diffrl.data.writing import as_numpy_policy, rollout_episodes, write_episodes
 
-__all__ = ["build_sac_datasets", "D4RL_REFERENCE_SCORES"]
+__all__ = ["build_sac_datasets", "D4RL_REFERENCE_SCORES", "band_stop_rule", "make_sac"]
 
 # D4RL's (random, expert) reference returns for the MuJoCo locomotion tasks.
 D4RL_REFERENCE_SCORES = {
@@ -41,11 +55,39 @@ D4RL_REFERENCE_SCORES = {
     "Walker2d": (1.629008, 4592.3),
 }
 
+_LOG_STD_MIN, _LOG_STD_MAX = -5.0, 2.0
 
-def _sac_modules(env: gym.Env, hidden_sizes: tuple[int, ...]):
-    from tensordict.nn import NormalParamExtractor, TensorDictModule
+
+class _BoundedScale(torch.nn.Module):
+    """Split ``[loc, raw]`` and map ``raw`` to a std whose log lies in [-5, 2] (std exp(-1.5) ~ 0.22 at raw = 0)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw = x.chunk(2, -1)
+        log_std = _LOG_STD_MIN + 0.5 * (_LOG_STD_MAX - _LOG_STD_MIN) * (torch.tanh(raw) + 1.0)
+        return loc, log_std.exp()
+
+
+def make_sac(
+    env: gym.Env,
+    hidden_sizes: tuple[int, ...] = (256, 256),
+    *,
+    actor_lr: float = 3e-4,
+    critic_lr: float = 1e-3,
+    alpha_lr: float = 1e-3,
+    gamma: float = 0.99,
+    tau: float = 0.005,
+) -> tuple[Any, Any, Any, dict[str, torch.optim.Optimizer]]:
+    """Build the generator's SAC: ``(actor, loss, target updater, {"actor", "critic", "alpha"} optimizers)``.
+
+    Example:
+        >>> actor, loss, updater, optimizers = make_sac(gym.make("Pendulum-v1"), (8,))
+        >>> loss.loss_function, sorted(optimizers), optimizers["critic"].param_groups[0]["lr"]
+        ('l2', ['actor', 'alpha', 'critic'], 0.001)
+    """
+    from tensordict.nn import TensorDictModule
     from torchrl.data import Bounded
     from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
+    from torchrl.objectives import SACLoss, SoftUpdate
 
     obs_dim = int(np.prod(env.observation_space.shape))
     act_dim = int(np.prod(env.action_space.shape))
@@ -54,7 +96,7 @@ def _sac_modules(env: gym.Env, hidden_sizes: tuple[int, ...]):
     cells = list(hidden_sizes)
     actor_net = torch.nn.Sequential(
         MLP(in_features=obs_dim, out_features=2 * act_dim, num_cells=cells, activation_class=torch.nn.ReLU),
-        NormalParamExtractor(),
+        _BoundedScale(),
     )
     actor = ProbabilisticActor(
         TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
@@ -66,7 +108,50 @@ def _sac_modules(env: gym.Env, hidden_sizes: tuple[int, ...]):
         MLP(in_features=obs_dim + act_dim, out_features=1, num_cells=cells, activation_class=torch.nn.ReLU),
         in_keys=["observation", "action"],
     )
-    return actor, qvalue, Bounded(low=low, high=high, shape=(act_dim,))
+    # L2 critic loss (SACLoss defaults to smooth L1); target entropy "auto" = -dim(A)
+    loss = SACLoss(
+        actor,
+        qvalue,
+        num_qvalue_nets=2,
+        loss_function="l2",
+        target_entropy="auto",
+        action_spec=Bounded(low=low, high=high, shape=(act_dim,)),
+    )
+    loss.make_value_estimator(gamma=gamma)
+    optimizers = {
+        "actor": torch.optim.Adam(list(loss.actor_network_params.flatten_keys().values()), lr=actor_lr),
+        "critic": torch.optim.Adam(list(loss.qvalue_network_params.flatten_keys().values()), lr=critic_lr),
+        "alpha": torch.optim.Adam([loss.log_alpha], lr=alpha_lr),
+    }
+    return actor, loss, SoftUpdate(loss, tau=tau), optimizers
+
+
+def band_stop_rule(
+    band: tuple[float, float] | None, ref_min: float | None, ref_max: float | None
+) -> Callable[[float], tuple[bool, float]]:
+    """Stopping rule: ``rule(mean_return) -> (stop, distance)``; stop once the normalised return lies in ``band``.
+
+    Scores are D4RL-normalised, ``100 * (R - ref_min) / (ref_max - ref_min)``; ``distance`` is how far outside the band
+    the score is (0 inside; used to pick the closest snapshot when the step cap is reached first). Without a band or
+    reference scores the rule never stops (distance 0).
+
+    Example:
+        >>> rule = band_stop_rule((30.0, 60.0), 0.0, 1000.0)
+        >>> rule(250.0), rule(450.0), rule(700.0)
+        ((False, 5.0), (True, 0.0), (False, 10.0))
+    """
+    if band is not None and not band[0] < band[1]:
+        raise ValueError(f"stop_band must be (low, high) with low < high, got {band}; e.g. (30.0, 60.0).")
+    if band is None or ref_min is None or ref_max is None:
+        return lambda mean_return: (False, 0.0)
+    lo, hi = band
+
+    def rule(mean_return: float) -> tuple[bool, float]:
+        score = 100.0 * (mean_return - ref_min) / (ref_max - ref_min)
+        distance = max(lo - score, score - hi, 0.0)
+        return distance == 0.0, distance
+
+    return rule
 
 
 def build_sac_datasets(
@@ -74,12 +159,17 @@ def build_sac_datasets(
     namespace: str,
     *,
     version: int = 0,
-    train_steps: int = 100_000,
+    train_steps: int = 300_000,
     warmup_steps: int = 5_000,
     medium_steps: int = 100_000,
+    stop_band: tuple[float, float] | None = (30.0, 60.0),
+    eval_every: int = 5_000,
+    eval_episodes: int = 5,
     batch_size: int = 256,
     hidden_sizes: tuple[int, ...] = (256, 256),
-    lr: float = 3e-4,
+    actor_lr: float = 3e-4,
+    critic_lr: float = 1e-3,
+    alpha_lr: float = 1e-3,
     gamma: float = 0.99,
     tau: float = 0.005,
     seed: int = 0,
@@ -88,8 +178,9 @@ def build_sac_datasets(
     overwrite: bool = False,
     progress: bool = True,
     num_threads: int | None = 1,
+    on_evaluation: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
-    """Train TorchRL's SAC on ``env_id`` and write ``<namespace>/medium-v<version>`` and ``.../medium-replay-v...``.
+    """Train TorchRL's SAC on ``env_id`` until it is "medium"; write ``<namespace>/medium-v<version>`` and ``-replay``.
 
     Datasets that already exist are kept (unless ``overwrite``); if both exist, nothing is trained.
 
@@ -97,18 +188,25 @@ def build_sac_datasets(
         env_id: gymnasium id of a continuous-action env (Box observations).
         namespace: dataset namespace, e.g. ``"diffrl/hopper"``.
         version: dataset version suffix. Default 0.
-        train_steps: SAC environment steps (= replay size; one update per step after warm-up). Default 100k.
+        train_steps: cap on SAC environment steps (one update per step after warm-up). Default 300k.
         warmup_steps: uniform-random steps before learning starts. Default 5k.
-        medium_steps: transitions of final-policy rollouts in the ``medium`` dataset. Default 100k.
-        batch_size, hidden_sizes, lr, gamma, tau: SAC settings (defaults: 256, (256, 256), 3e-4, 0.99, 0.005).
-        seed: seeds torch, the env resets and the warm-up actions.
+        medium_steps: transitions of the stopped policy's rollouts in the ``medium`` dataset. Default 100k.
+        stop_band: normalised-score band (D4RL units, 0 = random, 100 = expert) that stops training at the first
+            evaluation inside it. Default (30, 60). ``None``: train exactly ``train_steps`` steps.
+        eval_every, eval_episodes: evaluation period (env steps) and episodes per evaluation mode. Default 5k, 5.
+        batch_size, hidden_sizes, actor_lr, critic_lr, alpha_lr, gamma, tau: SAC settings (defaults 256, (256, 256),
+            3e-4, 1e-3, 1e-3, 0.99, 0.005).
+        seed: seeds torch, the env resets, the warm-up actions, the minibatches and the evaluations.
         ref_min_score, ref_max_score: reference returns; default D4RL's for Hopper / HalfCheetah / Walker2d.
         overwrite: rebuild datasets that exist. progress: show a progress bar.
         num_threads: torch intra-op threads while training (restored afterwards). Default 1: 256-wide MLPs at batch
             256 run fastest single-threaded, and several times faster than with 2 threads on a busy 2-core machine.
+        on_evaluation: called with each evaluation record (``step``, ``return_stochastic``, ``return_deterministic``,
+            their normalised scores when references exist, ``cpu_seconds``).
 
     Returns:
-        ``{"medium": MinariDataset, "medium-replay": MinariDataset}``.
+        ``{"medium": MinariDataset, "medium-replay": MinariDataset}``; both datasets' metadata hold the evaluations
+        (``sac_evaluations``, JSON), the stopping step (``sac_train_steps``) and the training CPU time.
 
     Example (a few seconds; real budgets are in the module docstring):
         >>> import tempfile
@@ -129,13 +227,31 @@ def build_sac_datasets(
         raise ValueError(f"warmup_steps ({warmup_steps}) must be smaller than train_steps ({train_steps}).")
     if ref_min_score is None and ref_max_score is None:
         ref_min_score, ref_max_score = D4RL_REFERENCE_SCORES.get(env_id.split("-v")[0], (None, None))
+    rule = band_stop_rule(stop_band, ref_min_score, ref_max_score)
+    sac_options = dict(
+        hidden_sizes=hidden_sizes, actor_lr=actor_lr, critic_lr=critic_lr, alpha_lr=alpha_lr, gamma=gamma, tau=tau
+    )
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        env, actor, episodes = _train_sac(
-            env_id, train_steps, warmup_steps, batch_size, hidden_sizes, lr, gamma, tau, seed, progress
+        start = time.process_time()
+        env = gym.make(env_id)
+        evaluate = _make_evaluator(env_id, eval_episodes, seed, ref_min_score, ref_max_score)
+        actor, episodes, history, stop_step = _train_sac(
+            env,
+            train_steps,
+            warmup_steps,
+            batch_size,
+            sac_options,
+            seed,
+            progress,
+            evaluate,
+            rule,
+            eval_every,
+            on_evaluation,
         )
+        train_cpu = time.process_time() - start
         medium = None
         if not existing["medium"]:
             medium = rollout_episodes(env, as_numpy_policy(actor, env), num_steps=medium_steps, seed=seed + 10**6)
@@ -148,7 +264,15 @@ def build_sac_datasets(
         "env_spec": env.spec,
         "ref_min_score": ref_min_score,
         "ref_max_score": ref_max_score,
-        "extra_metadata": {"sac_train_steps": train_steps, "sac_warmup_steps": warmup_steps, "sac_seed": seed},
+        "extra_metadata": {
+            "sac_train_steps": stop_step,
+            "sac_step_cap": train_steps,
+            "sac_warmup_steps": warmup_steps,
+            "sac_seed": seed,
+            "sac_stop_band": json.dumps(stop_band),
+            "sac_train_cpu_seconds": round(train_cpu, 1),
+            "sac_evaluations": json.dumps(history),
+        },
         "overwrite": overwrite,
     }
     out = {}
@@ -156,8 +280,8 @@ def build_sac_datasets(
         out["medium-replay"] = write_episodes(
             ids["medium-replay"],
             episodes,
-            algorithm_name=f"TorchRL SAC replay buffer ({train_steps} steps, {warmup_steps} random warm-up)",
-            description=f"{env_id}: every transition of a {train_steps}-step SAC run, in episode order.",
+            algorithm_name=f"TorchRL SAC replay buffer ({stop_step} steps, {warmup_steps} random warm-up)",
+            description=f"{env_id}: every transition of a SAC run stopped after {stop_step} steps, in episode order.",
             **common,
         )
     if medium is not None:
@@ -165,7 +289,7 @@ def build_sac_datasets(
         out["medium"] = write_episodes(
             ids["medium"],
             medium,
-            algorithm_name=f"TorchRL SAC policy after {train_steps} steps (stochastic rollouts)",
+            algorithm_name=f"TorchRL SAC policy after {stop_step} steps (stochastic rollouts)",
             description=f"{env_id}: {medium_steps} steps of a partly trained SAC policy (mean return "
             f"{mean_return:.1f}).",
             **common,
@@ -173,55 +297,189 @@ def build_sac_datasets(
     return {kind: out.get(kind) or minari.MinariDataset(dataset_dir(i) / "data") for kind, i in ids.items()}
 
 
-def _train_sac(env_id, train_steps, warmup_steps, batch_size, hidden_sizes, lr, gamma, tau, seed, progress):
-    """SAC training run; returns the env, the trained actor and the recorded episodes (the whole replay buffer).
+def _make_evaluator(env_id, episodes, seed, ref_min, ref_max):
+    """``evaluate(actor) -> record``: mean returns of stochastic and deterministic episodes on a separate env.
 
-    The interaction loop is :func:`rollout_episodes` (so the replay episodes are recorded exactly like any dataset);
-    its ``on_step`` hook stores each transition and takes one SAC update once the warm-up is over.
+    Runs in a forked torch RNG seeded from ``seed``, so evaluating never shifts the training run's random stream.
+    """
+    env = gym.make(env_id)
+
+    def evaluate(actor) -> dict:
+        record = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 7_919)
+            for mode, deterministic in (("stochastic", False), ("deterministic", True)):
+                act = as_numpy_policy(actor, env, deterministic=deterministic)
+                eps = rollout_episodes(env, act, num_episodes=episodes, seed=seed + 2 * 10**6)
+                returns = [float(np.sum(e.rewards)) for e in eps]
+                record[f"return_{mode}"] = float(np.mean(returns))
+                record[f"return_{mode}_std"] = float(np.std(returns))
+                if ref_min is not None and ref_max is not None:
+                    record[f"score_{mode}"] = 100.0 * (record[f"return_{mode}"] - ref_min) / (ref_max - ref_min)
+        return record
+
+    return evaluate
+
+
+def _train_sac(
+    env, train_steps, warmup_steps, batch_size, sac_options, seed, progress, evaluate, rule, eval_every, on_evaluation
+):
+    """SAC run with the stopping rule; returns ``(actor, replay episodes, evaluation history, stopping step)``.
+
+    ``evaluate(actor) -> {"return_stochastic": ..., ...}`` runs every ``eval_every`` steps after the warm-up;
+    ``rule(return_stochastic) -> (stop, distance to band)`` decides whether to stop there.
     """
     from tensordict import TensorDict
-    from torchrl.objectives import SACLoss, SoftUpdate
 
     torch.manual_seed(seed)
-    env = gym.make(env_id)
-    actor, qvalue, action_spec = _sac_modules(env, hidden_sizes)
-    loss = SACLoss(actor, qvalue, num_qvalue_nets=2, action_spec=action_spec)
-    loss.make_value_estimator(gamma=gamma)
-    updater = SoftUpdate(loss, tau=tau)
-    optimizer = torch.optim.Adam(loss.parameters(), lr=lr)
+    actor, loss, updater, optimizers = make_sac(env, **sac_options)
     generator = torch.Generator().manual_seed(seed)
     warmup_act, policy_act = as_numpy_policy("random", env, seed=seed), as_numpy_policy(actor, env)
-    state = {"step": 0, "replay": None}  # replay: [train_steps] TensorDict filled in step order
+    space = env.action_space
+    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(space.shape))
+    # the replay buffer: preallocated tensors, filled in step order
+    buf = {
+        "observation": torch.zeros(train_steps, obs_dim),
+        "action": torch.zeros(train_steps, act_dim),
+        "next_observation": torch.zeros(train_steps, obs_dim),
+        "reward": torch.zeros(train_steps, 1),
+        "terminated": torch.zeros(train_steps, 1, dtype=torch.bool),
+        "truncated": torch.zeros(train_steps, 1, dtype=torch.bool),
+    }
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
 
-    def act(obs):
-        return warmup_act(obs) if state["step"] < warmup_steps else policy_act(obs)
+        bar = tqdm(total=train_steps, unit="step")
+    episodes: list[EpisodeBuffer] = []  # finished episodes
+    history: list[dict] = []
+    snapshots: dict[int, dict] = {}  # step -> actor state at that evaluation (to fall back on at the cap)
+    start = time.process_time()
+    step, stop_step = 0, None
+    current = None
+    try:
+        while stop_step is None:
+            episode_seed = seed + len(episodes)
+            obs, _ = env.reset(seed=episode_seed)
+            current = {"obs": [obs], "act": [], "rew": [], "term": [], "trunc": [], "seed": episode_seed}
+            done = False
+            while not done:
+                raw = warmup_act(obs) if step < warmup_steps else policy_act(obs)
+                action = np.minimum(
+                    np.maximum(np.asarray(raw, dtype=space.dtype).reshape(space.shape), space.low), space.high
+                )
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                buf["observation"][step] = torch.as_tensor(obs)
+                buf["action"][step] = torch.as_tensor(action)
+                buf["next_observation"][step] = torch.as_tensor(next_obs)
+                buf["reward"][step] = float(reward)
+                buf["terminated"][step] = bool(terminated)
+                buf["truncated"][step] = bool(truncated)
+                current["obs"].append(next_obs)
+                current["act"].append(action)
+                current["rew"].append(float(reward))
+                current["term"].append(bool(terminated))
+                current["trunc"].append(bool(truncated))
+                obs, done = next_obs, terminated or truncated
+                if step >= warmup_steps:
+                    _sac_update(loss, updater, optimizers, buf, step + 1, batch_size, generator, TensorDict)
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                if step > warmup_steps and (step - warmup_steps) % eval_every == 0 or step == train_steps:
+                    record = {"step": step, **evaluate(actor), "cpu_seconds": round(time.process_time() - start, 1)}
+                    stop, record["band_distance"] = rule(record["return_stochastic"])
+                    history.append(record)
+                    if on_evaluation is not None:
+                        on_evaluation(record)
+                    snapshots[step] = {k: v.detach().clone() for k, v in actor.state_dict().items()}
+                    if stop or step == train_steps:
+                        stop_step = step
+                        break
+                if done:
+                    episodes.append(_episode_buffer(len(episodes), current))
+                    current = None
+    finally:
+        if bar is not None:
+            bar.close()
+    if history and not rule(history[-1]["return_stochastic"])[0]:
+        # cap reached outside the band: fall back on the evaluated policy closest to it, and cut the replay there
+        best = min(history, key=lambda r: (r["band_distance"], -r["step"]))
+        if best["step"] != stop_step:
+            stop_step = best["step"]
+            actor.load_state_dict(snapshots[stop_step])
+            episodes, current = _cut_episodes(episodes, current, stop_step)
+    if current is not None and current["act"]:
+        current["trunc"][-1] = not current["term"][-1]  # the run stopped mid-episode: a time-limit-like cut
+        episodes.append(_episode_buffer(len(episodes), current))
+    return actor, episodes, history, stop_step
 
-    def learn(obs, action, reward, next_obs, terminated, truncated):
-        step = state["step"]
-        transition = TensorDict(
-            {
-                "observation": torch.as_tensor(obs, dtype=torch.float32),
-                "action": torch.as_tensor(action, dtype=torch.float32),
-                "next": {
-                    "observation": torch.as_tensor(next_obs, dtype=torch.float32),
-                    "reward": torch.tensor([reward], dtype=torch.float32),
-                    "done": torch.tensor([terminated or truncated]),
-                    "terminated": torch.tensor([terminated]),
-                    "truncated": torch.tensor([truncated]),
-                },
+
+def _sac_update(loss, updater, optimizers, buf, filled, batch_size, generator, TensorDict):
+    idx = torch.randint(0, filled, (batch_size,), generator=generator)
+    terminated, truncated = buf["terminated"][idx], buf["truncated"][idx]
+    batch = TensorDict(
+        {
+            "observation": buf["observation"][idx],
+            "action": buf["action"][idx],
+            "next": {
+                "observation": buf["next_observation"][idx],
+                "reward": buf["reward"][idx],
+                "done": terminated | truncated,
+                "terminated": terminated,
+                "truncated": truncated,
             },
-            batch_size=[],
-        )
-        if state["replay"] is None:  # preallocate once the layout of a transition is known
-            state["replay"] = transition.unsqueeze(0).expand(train_steps).clone()
-        state["replay"][step] = transition
-        if step >= warmup_steps:  # uniform minibatch over everything collected so far
-            losses = loss(state["replay"][torch.randint(0, step + 1, (batch_size,), generator=generator)])
-            optimizer.zero_grad()
-            sum(value for key, value in losses.items() if key.startswith("loss_")).backward()
-            optimizer.step()
-            updater.step()
-        state["step"] = step + 1
+        },
+        batch_size=[batch_size],
+    )
+    losses = loss(batch)
+    for opt in optimizers.values():
+        opt.zero_grad()
+    # the actor loss sees detached critic parameters and the alpha loss a detached log-prob, so one backward pass
+    # gives each optimizer exactly its own loss's gradient
+    (losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]).backward()
+    for opt in optimizers.values():
+        opt.step()
+    updater.step()
 
-    episodes = rollout_episodes(env, act, num_steps=train_steps, seed=seed, on_step=learn, progress=progress)
-    return env, actor, episodes
+
+def _episode_buffer(index: int, ep: dict) -> EpisodeBuffer:
+    return EpisodeBuffer(
+        id=index,
+        seed=ep["seed"],
+        observations=np.stack(ep["obs"]),
+        actions=np.stack(ep["act"]),
+        rewards=np.asarray(ep["rew"], dtype=np.float64),
+        terminations=np.asarray(ep["term"]),
+        truncations=np.asarray(ep["trunc"]),
+    )
+
+
+def _cut_episodes(episodes: list[EpisodeBuffer], current: dict | None, stop_step: int):
+    """Keep the first ``stop_step`` transitions: whole episodes, then the cut one as an open ``current`` episode."""
+    kept, total = [], 0
+    finished = [
+        {
+            "obs": list(e.observations),
+            "act": list(e.actions),
+            "rew": list(e.rewards),
+            "term": list(e.terminations),
+            "trunc": list(e.truncations),
+            "seed": e.seed,
+        }
+        for e in episodes
+    ]
+    if current is not None:
+        finished.append(current)
+    for ep in finished:
+        n = len(ep["act"])
+        if total + n <= stop_step:
+            kept.append(ep)
+            total += n
+            continue
+        keep = stop_step - total
+        cut = {k: (v[: keep + 1] if k == "obs" else v[:keep]) for k, v in ep.items() if k != "seed"}
+        cut["seed"] = ep["seed"]
+        done_eps = [_episode_buffer(i, e) for i, e in enumerate(kept)]
+        return done_eps, (cut if keep > 0 else None)
+    return [_episode_buffer(i, e) for i, e in enumerate(kept)], None
