@@ -204,3 +204,27 @@ def test_inpainting_holds_known_coordinates_exactly_and_conditions_the_rest():
     assert abs((resampled[:, 1] - rho * resampled[:, 0]).std().item() - math.sqrt(1 - rho**2)) < 0.1
     with pytest.raises(ValueError, match="both inpaint_mask and inpaint_values"):
         heun_sample(denoiser, (2, 2), karras_sigmas(2), inpaint_mask=mask)
+
+
+@pytest.mark.parametrize(("s_tmin", "s_tmax"), [(0.05, 50.0), (0.0, math.inf), (1.0, 2.0)])
+def test_churn_is_applied_exactly_inside_the_sigma_window(s_tmin, s_tmax):
+    # the first denoiser call of step i is at sigma_hat_i = (1 + gamma_i) sigma_i: churned steps are those where the
+    # sampler evaluated above the grid level, and each of them drew one noise injection
+    sigmas = karras_sigmas(32, dtype=torch.float64)
+    calls = []
+
+    def denoiser(x, sigma):
+        calls.append(float(sigma))
+        return torch.zeros_like(x)
+
+    heun_sample(denoiser, (3, 2), sigmas, s_churn=80, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=1.003,
+                generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # fmt: skip
+    grid = sigmas[:-1].tolist()
+    assert len(calls) == 2 * 32 - 1  # an Euler and a Heun evaluation per step, no correction at the final sigma = 0
+    firsts = calls[::2]
+    churned = [i for i, (s, s_hat) in enumerate(zip(grid, firsts)) if s_hat > s * (1 + 1e-9)]
+    expected = [i for i, s in enumerate(grid) if s_tmin <= s <= s_tmax]
+    assert churned == expected
+    assert 0 < len(expected) < 32 or (s_tmin, s_tmax) == (0.0, math.inf)
+    gamma = min(80 / 32, math.sqrt(2) - 1)
+    assert all(firsts[i] == pytest.approx(grid[i] * (1 + gamma)) for i in churned)

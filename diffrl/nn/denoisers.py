@@ -48,8 +48,19 @@ class RandomFourierEmbedding(nn.Module):
         return torch.cat([t.unsqueeze(-1), angles.cos(), angles.sin()], dim=-1)
 
 
+_ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; accepted: {sorted(_ACTIVATIONS)}.")
+    return _ACTIVATIONS[name]()
+
+
 class ResidualBlock(nn.Module):
-    """``x + Linear(SiLU(LayerNorm(x)))``: a pre-norm residual MLP block of constant width (one linear layer).
+    """``x + Linear(act(LayerNorm(x)))``: a pre-norm residual MLP block of constant width (one linear layer).
+
+    ``activation`` is "silu" (default) or "relu"; ``layer_norm=False`` drops the LayerNorm (the official EDIS blocks).
 
     Example:
         >>> import torch
@@ -60,10 +71,10 @@ class ResidualBlock(nn.Module):
         True
     """
 
-    def __init__(self, width: int, dropout: float = 0.0) -> None:
+    def __init__(self, width: int, dropout: float = 0.0, activation: str = "silu", layer_norm: bool = True) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.act = nn.SiLU()
+        self.norm = nn.LayerNorm(width) if layer_norm else nn.Identity()
+        self.act = _activation(activation)
         self.linear = nn.Linear(width, width)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -86,6 +97,8 @@ class ResidualMLPDenoiser(nn.Module):
         num_frequencies: random Fourier frequencies of the noise embedding. Default 16.
         fourier_scale: standard deviation of those frequencies. Default 1.
         dropout: dropout inside the blocks. Default 0.
+        activation: "silu" (default) or "relu", in the blocks and the head.
+        layer_norm: LayerNorm in the blocks and the head. Default True (the official EDIS model: ReLU, no LayerNorm).
         seed: seed of the fixed Fourier frequencies.
 
     Batch shapes come from the inputs: ``x`` is ``[..., dim]`` and ``c_noise`` is ``[...]`` (or broadcastable to it).
@@ -109,6 +122,8 @@ class ResidualMLPDenoiser(nn.Module):
         num_frequencies: int = 16,
         fourier_scale: float = 1.0,
         dropout: float = 0.0,
+        activation: str = "silu",
+        layer_norm: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -124,8 +139,10 @@ class ResidualMLPDenoiser(nn.Module):
             fourier, nn.Linear(fourier.out_features, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim)
         )
         self.trunk_in = nn.Linear(embed_dim, width)
-        self.blocks = nn.Sequential(*[ResidualBlock(width, dropout=dropout) for _ in range(blocks)])
-        self.head = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+        self.blocks = nn.Sequential(*[ResidualBlock(width, dropout, activation, layer_norm) for _ in range(blocks)])
+        self.head = nn.Sequential(
+            nn.LayerNorm(width) if layer_norm else nn.Identity(), _activation(activation), nn.Linear(width, dim)
+        )
 
     def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
         if x.shape[-1] != self.dim:

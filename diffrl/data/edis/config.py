@@ -41,7 +41,10 @@ class EDISConfig:
         synthetic_fraction: fraction of every sampled replay batch replaced by synthetic rows. Default 0.5.
         num_samples: size of the synthetic pool refilled by ``fit``/``refresh``. Default 5000 (paper 100k).
         sampler_steps: stochastic-Heun steps of pool sampling. Default 32 (paper 128).
-        s_churn, s_tmin, s_tmax, s_noise: EDM stochasticity. Defaults 80, 0, inf, 1.003 (the paper's).
+        s_churn, s_tmin, s_tmax, s_noise: EDM stochasticity: noise is injected (churn) only at grid levels
+            ``s_tmin <= sigma <= s_tmax``. Defaults 80, 0.05, 50, 1.003, the values of the official EDIS code (EDM's
+            generic defaults 0 / inf would also churn at the largest levels, where it only adds variance, and at the
+            smallest, where it leaves residual noise in the samples).
         sigma_min, sigma_max, rho: Karras grid. Defaults 0.002, 80, 7.
         sample_batch_size: rows generated per sampler call (memory bound). Default 5000.
         denoiser: ``ResidualMLPDenoiser`` options (width, blocks, embed_dim, ...). Default 256 x 3 (paper 1024 x 6).
@@ -71,12 +74,13 @@ class EDISConfig:
 
     guidance: dict[str, float] = field(default_factory=_default_guidance)
     guidance_clip: float = 10.0
+    guidance_sigma_scale: bool = True
     synthetic_fraction: float = 0.5
     num_samples: int = 5000
     sampler_steps: int = 32
     s_churn: float = 80.0
-    s_tmin: float = 0.0
-    s_tmax: float = float("inf")
+    s_tmin: float = 0.05
+    s_tmax: float = 50.0
     s_noise: float = 1.003
     sigma_min: float = 0.002
     sigma_max: float = 80.0
@@ -86,9 +90,13 @@ class EDISConfig:
     diffusion_steps: int = 2000
     batch_size: int = 256
     lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema: float = 0.995
+    ema_every: int = 1
+    ema_start: int = 0
+    refit_normalizer: bool = False
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_data: float = 1.0
@@ -157,6 +165,12 @@ class EDISConfig:
             raise ValueError(f"energy_steps must be >= 0, got {self.energy_steps}.")
         if not 0.0 <= float(self.ema) < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}.")
+        if int(self.ema_every) < 1 or int(self.ema_start) < 0:
+            raise ValueError(f"need ema_every >= 1 and ema_start >= 0, got {self.ema_every} and {self.ema_start}.")
+        betas = tuple(float(b) for b in self.betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1) (AdamW's), got {self.betas}.")
+        self.betas = betas
 
 
 PRESETS: dict[str, dict[str, Any]] = {

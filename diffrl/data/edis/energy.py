@@ -121,9 +121,15 @@ class EnergyGuidance:
         [[2.0, 0.0]]
     """
 
-    def __init__(self, terms: Sequence[tuple[nn.Module, float, Tensor]], clip_norm: float | None = None) -> None:
+    def __init__(
+        self,
+        terms: Sequence[tuple[nn.Module, float, Tensor]],
+        clip_norm: float | None = None,
+        sigma_scale: bool = False,
+    ) -> None:
         self.terms = [(e, float(w), m) for e, w, m in terms if float(w) != 0.0]
         self.clip_norm = clip_norm
+        self.sigma_scale = bool(sigma_scale)
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         if not self.terms:
@@ -136,6 +142,8 @@ class EnergyGuidance:
                 routed = torch.where(mask, leaf, leaf.detach())  # grad E_i reaches only block i
                 total = total + weight * energy(routed, sigma).sum()
             (grad,) = torch.autograd.grad(total, leaf)
+        if self.sigma_scale:
+            grad = grad * sigma.to(grad.dtype)
         if self.clip_norm is not None:
             norm = grad.norm(dim=-1, keepdim=True)
             grad = grad * (self.clip_norm / norm.clamp_min(1e-12)).clamp(max=1.0)

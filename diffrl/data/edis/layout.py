@@ -92,6 +92,35 @@ class TransitionLayout:
                 )
         return torch.cat(cols, dim=-1)
 
+    def check_finite(self, x: Tensor, name: str) -> None:
+        """Raise ``ValueError`` if flat transitions ``x [N, dim]`` hold NaN or inf: one line naming the field, the
+        number of non-finite values and the first transition (row of ``x``) holding one.
+
+        Example:
+            >>> import torch
+            >>> layout = TransitionLayout(obs_dim=1, action_dim=1)
+            >>> x = torch.zeros(4, layout.dim)
+            >>> x[2, 2] = float("nan")  # the reward column
+            >>> try:
+            ...     layout.check_finite(x, "data")
+            ... except ValueError as err:
+            ...     print(str(err).split(";")[0])
+            EDIS fit: data has 1 non-finite value(s) in 'next.reward', first at transition 2 of 4
+        """
+        bad = ~torch.isfinite(x)
+        if not bool(bad.any()):
+            return
+        names = {"state": "observation", "action": "action", "reward": "next.reward"}
+        names.update({"next_state": "next.observation", "terminal": "next.terminated"})
+        for block, cols in self.blocks.items():
+            hits = bad[:, cols]
+            if bool(hits.any()):
+                row = int(hits.any(-1).nonzero()[0])
+                raise ValueError(
+                    f"EDIS fit: {name} has {int(hits.sum())} non-finite value(s) in {names[block]!r}, first at "
+                    f"transition {row} of {x.shape[0]}; drop or repair those transitions before fitting."
+                )
+
     def unflatten(self, x: Tensor) -> TensorDict:
         """A TensorDict ``[N]`` with TorchRL's transition keys, float32 rewards ``[N, 1]``, boolean done flags
         (terminal channel > 0.5 when present, else False) and ``mc_return`` zeros ``[N, 1]``."""

@@ -94,8 +94,10 @@ def _tail_mean(losses: list[Tensor]) -> float:
 def train_denoiser(
     denoiser: EDMDenoiser, ema_denoiser: EDMDenoiser, x: Tensor, cfg: EDISConfig, generator: torch.Generator
 ) -> float:
-    """``cfg.diffusion_steps`` AdamW steps (cosine schedule, grad clip) of the EDM loss on rows of ``x``; the EMA copy
-    follows with decay ``min(cfg.ema, (1 + t) / (10 + t))``. Returns the mean loss of the last 10% of steps.
+    """``cfg.diffusion_steps`` AdamW steps (cosine schedule, grad clip) of the EDM loss on rows of ``x``. The EMA copy
+    equals the model up to step ``cfg.ema_start``; after it, every ``cfg.ema_every`` steps it moves toward the model
+    with decay ``min(cfg.ema, (1 + t) / (10 + t))``, ``t`` counting steps since ``ema_start``. Returns the mean loss of
+    the last 10% of steps.
 
     Example:
         >>> import copy, torch
@@ -111,7 +113,7 @@ def train_denoiser(
     params = list(denoiser.parameters())
     ema_params = list(ema_denoiser.parameters())
     fused = {"fused": True} if device.type in ("cpu", "cuda") else {}  # several times faster steps for small nets
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fused)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.diffusion_steps)
     losses = []
     denoiser.train()
@@ -124,10 +126,18 @@ def train_denoiser(
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
-        # EMA with a warm-up, so short CPU runs are not dominated by the random initial weights
-        decay = min(cfg.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
+        # EMA with a warm-up, so short CPU runs are not dominated by the random initial weights; before ema_start
+        # the copy simply tracks the model
+        t = step + 1 - cfg.ema_start
+        if t <= 0:
+            decay = 0.0
+        elif t % cfg.ema_every == 0:
+            decay = min(cfg.ema, (1 + t - 1) / (10 + t - 1))
+        else:
+            decay = None
+        if decay is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
         losses.append(loss.detach())
     denoiser.eval()
     return _tail_mean(losses)

@@ -106,12 +106,7 @@ class EDISTransform(Transform):
         self.register_buffer("trained_energies", torch.zeros(len(ENERGY_NAMES), dtype=torch.bool, device=self._device))
         self.denoiser = self._new_denoiser()
         self.ema_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed + 1)
-            self.energies = nn.ModuleDict(
-                {name: EnergyNet(dim, sigma_data=cfg.sigma_data, **cfg.energy) for name in ENERGY_NAMES}
-            ).to(self._device)
-        self._energy_optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._reset_energies()
         self._generator = torch.Generator(device=self._device).manual_seed(cfg.seed)
         self._pool: TensorDictBase | None = None
 
@@ -148,6 +143,17 @@ class EDISTransform(Transform):
         return self
 
     # ---------------------------------------------------------------- fitting
+    def _reset_energies(self) -> None:
+        """Fresh energies (seeded by the config and the fit count) and optimisers; marks them untrained."""
+        cfg = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1 + 7919 * int(self.num_fits))
+            self.energies = nn.ModuleDict(
+                {name: EnergyNet(self.layout.dim, sigma_data=cfg.sigma_data, **cfg.energy) for name in ENERGY_NAMES}
+            ).to(self._device)
+        self._energy_optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.trained_energies.zero_()
+
     def _new_denoiser(self) -> EDMDenoiser:
         cfg = self.config
         with torch.random.fork_rng(devices=[]):
@@ -173,19 +179,26 @@ class EDISTransform(Transform):
         x = self.layout.flatten(as_transitions(data, "data")).to(self._device)
         if x.shape[0] < 2:
             raise ValueError(f"EDIS needs at least 2 transitions to fit, got {x.shape[0]}.")
-        skip = None if cfg.normalize_reward else self.layout.mask("reward")
-        self.normalizer.fit(x, skip)
+        self.layout.check_finite(x, "data")
+        online_td = None if online is None else as_transitions(online, "online")
+        # an empty online buffer (the start of fine-tuning) trains no energy
+        online_x = None
+        if online_td is not None and online_td.batch_size.numel() > 0:
+            online_x = self.layout.flatten(online_td).to(self._device)
+            self.layout.check_finite(online_x, "online")
+        if cfg.refit_normalizer or int(self.num_fits) == 0:
+            skip = None if cfg.normalize_reward else self.layout.mask("reward")
+            self.normalizer.fit(x, skip)
+            if int(self.num_fits) > 0:
+                self._reset_energies()  # their inputs changed coordinates: a warm start would be meaningless
         actions = x[:, self.layout.blocks["action"]]
         self.action_low.copy_(actions.min(0).values)
         self.action_high.copy_(actions.max(0).values)
         metrics = {"diffusion_loss": self._train_diffusion(self.normalizer.normalize(x))}
         self.num_fits += 1
-        online_td = None if online is None else as_transitions(online, "online")
-        # an empty online buffer (the start of fine-tuning) trains no energy
-        if online_td is not None and online_td.batch_size.numel() > 0:
-            online_x = self.layout.flatten(online_td).to(self._device)
+        if online_x is not None:
             metrics.update(self._train_energies(self.normalizer.normalize(online_x), policy))
-        self.refresh()
+        self.resample()
         metrics["time"] = time.perf_counter() - start
         return metrics
 
@@ -287,7 +300,11 @@ class EDISTransform(Transform):
             )
         if not terms:
             return None
-        return EnergyGuidance(terms, clip_norm=self.config.guidance_clip * math.sqrt(self.layout.dim))
+        return EnergyGuidance(
+            terms,
+            clip_norm=self.config.guidance_clip * math.sqrt(self.layout.dim),
+            sigma_scale=self.config.guidance_sigma_scale,
+        )
 
     def sample(self, n: int, guided: bool = True) -> TensorDict:
         """``n`` synthetic transitions (TensorDict ``[n]``, float32, TorchRL keys, ``mc_return`` zeros).
@@ -306,17 +323,29 @@ class EDISTransform(Transform):
             x[:, block] = torch.maximum(torch.minimum(x[:, block], self.action_high), self.action_low)
         return self.layout.unflatten(x)
 
-    def regenerate(self, n: int | None = None, guided: bool | None = None) -> TensorDict:
-        """Replace the pool by ``n`` (default ``num_samples``) fresh samples; guided when any weighted energy is
-        trained (or as ``guided`` says). Returns the new pool."""
+    def resample(self, n: int | None = None, guided: bool | None = None) -> TensorDict:
+        """Replace the pool by ``n`` (default ``num_samples``) fresh samples from the current models, without
+        retraining them; guided when any weighted energy is trained (or as ``guided`` says). Returns the new pool.
+
+        Example:
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> edis = EDISTransform(1, 1, diffusion_steps=2, num_samples=4, sampler_steps=2,
+            ...                      denoiser={"width": 8, "blocks": 1})
+            >>> s = torch.randn(8, 1)
+            >>> _ = edis.fit(TensorDict({"observation": s, "action": s, "next": {"observation": s, "reward": s}}, [8]))
+            >>> edis.resample(6).shape, edis.pool.shape
+            (torch.Size([6]), torch.Size([6]))
+        """
         if guided is None:
             guided = any(self.energy_trained[k] and float(w) > 0 for k, w in self.config.guidance.items())
         self._pool = self.sample(int(n or self.config.num_samples), guided=guided)
         return self._pool
 
     def refresh(self) -> TensorDict:
-        """Refill the pool with ``num_samples`` samples from the current models (see ``regenerate``)."""
-        return self.regenerate()
+        """Refill the pool with ``num_samples`` samples from the current models: ``resample()`` with its defaults
+        (the name the replay-buffer contract uses; kept as an alias)."""
+        return self.resample()
 
     # ---------------------------------------------------------------- replay-buffer transform
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -343,7 +372,7 @@ class EDISTransform(Transform):
                 f" the sampled batch lacks {missing} (it has {sorted(_key_name(x) for x in keys)})."
             )
         if self._pool is None:
-            raise RuntimeError("the EDIS pool is empty: call fit(data) (or regenerate()) before sampling the buffer.")
+            raise RuntimeError("the EDIS pool is empty: call fit(data) (or resample()) before sampling the buffer.")
         rows = torch.randperm(b, generator=self._generator, device=self._device)[:k]
         picks = torch.randint(self._pool.shape[0], (k,), generator=self._generator, device=self._device)
         synthetic = self._pool[picks]
