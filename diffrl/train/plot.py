@@ -4,6 +4,9 @@ Several run directories overlay on the same axes (one line per run, labelled by 
 ``--metric`` options give one panel each. By default the curve is ``eval/normalized_score`` when the runs have it,
 else ``eval/return``. The PNG goes to ``--out``, by default ``<run_dir>/learning_curve.png`` for one run and
 ``learning_curve.png`` in the working directory for several. Matplotlib runs headless (no pyplot, no display).
+
+:func:`plot_run` draws one run's evaluations with their per-evaluation spread and the offline-to-online switch;
+:func:`plot_aggregate` draws methods' curves across seeds with shaded intervals (see :mod:`diffrl.train.report`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 
 from diffrl.train.metrics import read_metrics
 
-__all__ = ["plot_runs", "main"]
+__all__ = ["plot_aggregate", "plot_run", "plot_runs", "main"]
 
 _DEFAULT_METRICS = ("eval/normalized_score", "eval/return")
 
@@ -107,6 +110,123 @@ def plot_runs(
             ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, format="png")
+    return out
+
+
+def _switch_step(run_dir: Path) -> int | None:
+    """``offline.steps`` from the run's config.yaml when the run has an online phase, else None."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    config = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(config, dict):
+        return None
+    offline, online = config.get("offline"), config.get("online")
+    if isinstance(offline, dict) and isinstance(online, dict) and "steps" in offline:
+        return int(offline["steps"])
+    return None
+
+
+def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, metric: str | None = None) -> Path:
+    """Draw one run's learning curve into a PNG and return its path (default ``<run_dir>/learning_curve.png``).
+
+    The line is the evaluation mean at each evaluation step; the band is +- the spread of that evaluation's episodes
+    (``<metric>_std``, e.g. ``eval/normalized_score_std``) when the run logged it; a dashed vertical line marks the
+    switch from offline to online (``offline.steps`` in the run's ``config.yaml``). ``metric`` defaults to
+    ``eval/normalized_score`` when logged, else ``eval/return``.
+
+    Raises:
+        FileNotFoundError: the run directory holds no metrics.
+        ValueError: the metric is not in the run (the message lists the evaluation metrics it has).
+
+    Example:
+        >>> import tempfile
+        >>> from diffrl.train.metrics import MetricLogger
+        >>> config = {"offline": {"steps": 20}, "online": {"steps": 20}}
+        >>> with MetricLogger(tempfile.mkdtemp(), config=config) as logger:
+        ...     for step in (10, 20, 30, 40):
+        ...         logger.log({"eval/normalized_score": step / 2, "eval/normalized_score_std": 3.0}, step)
+        >>> png = plot_run(logger.dir)
+        >>> png == logger.dir / "learning_curve.png", png.read_bytes()[:4] == b"\\x89PNG"
+        (True, True)
+    """
+    from matplotlib.figure import Figure
+
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    if metric is None:
+        metric = next((m for m in _DEFAULT_METRICS if m in metrics), _DEFAULT_METRICS[-1])
+    if metric not in metrics:
+        evals = sorted(m for m in metrics if m.startswith("eval/")) or sorted(metrics)
+        raise ValueError(f"run {run_dir} has no metric {metric!r}; it has: {', '.join(evals) or '(none)'}")
+    steps, values = metrics[metric]
+    out = Path(out) if out is not None else run_dir / "learning_curve.png"
+
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(steps, values, marker="o" if len(steps) < 30 else None, label=metric)
+    spread = metrics.get(f"{metric}_std")
+    if spread is not None and np.array_equal(spread[0], steps):
+        ax.fill_between(steps, values - spread[1], values + spread[1], alpha=0.25, label="+- std over episodes")
+    switch = _switch_step(run_dir)
+    if switch is not None:
+        ax.axvline(switch, color="k", linestyle="--", linewidth=1, label=f"offline -> online ({switch})")
+    ax.set_xlabel("step (offline updates, then env steps)" if switch is not None else "step")
+    ax.set_ylabel(metric)
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, format="png")
+    return out
+
+
+def plot_aggregate(
+    curves: dict[str, dict[str, np.ndarray]],
+    out: str | os.PathLike,
+    *,
+    ylabel: str = "score",
+    switches: Sequence[int] = (),
+    title: str | None = None,
+) -> Path:
+    """Draw one line per method with a shaded interval and dashed phase switches; return the PNG path.
+
+    Args:
+        curves: ``{method: {"steps", "center", "low", "high"}}`` arrays (e.g. IQM over seeds and its interval).
+        out: the PNG path.
+        ylabel: the y-axis label.
+        switches: steps where offline training ends (one dashed line each).
+        title: figure title.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> steps = np.array([0, 10, 20])
+        >>> curve = {"steps": steps, "center": steps * 1.0, "low": steps - 1.0, "high": steps + 1.0}
+        >>> png = plot_aggregate({"a": curve}, pathlib.Path(tempfile.mkdtemp()) / "c.png", switches=[10])
+        >>> png.read_bytes()[:4] == b"\\x89PNG"
+        True
+    """
+    from matplotlib.figure import Figure
+
+    out = Path(out)
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for name, curve in curves.items():
+        if not curve:
+            continue
+        (line,) = ax.plot(curve["steps"], curve["center"], label=name, marker="o" if len(curve["steps"]) < 30 else None)
+        ax.fill_between(curve["steps"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2)
+    for i, step in enumerate(switches):
+        ax.axvline(step, color="k", linestyle="--", linewidth=1, label="offline -> online" if i == 0 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if curves or switches:
+        ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120, format="png")
     return out
