@@ -269,7 +269,7 @@ def _unknown(kind: str, name: str) -> RegistryError:
         close = difflib.get_close_matches(kind, list(_entries), n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         return RegistryError(f"unknown component kind {kind!r}.{hint} Registered kinds: {sorted(_entries)}.")
-    available = sorted(_entries[kind])
+    available = sorted(_entries[kind])  # dict keys: each name once, so suggestions never repeat
     close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return RegistryError(f"unknown {kind} {name!r}.{hint} Registered {kind} names: {available}.")
@@ -318,7 +318,9 @@ def build(kind: str, cfg: Any, /, **kwargs: Any) -> Any:
 
     ``cfg`` may be ``"name"`` or ``{"name": ..., **options}``; the options and ``kwargs`` (which win on conflict)
     become constructor arguments. Nested mappings are passed through unbuilt (see the module docstring).
-    A constructor error is re-raised with the component's name and the arguments it received.
+    Options the constructor does not accept (or required ones missing) raise a one-line ``RegistryError`` naming the
+    component, the bad option and the accepted ones, before anything is built; any other constructor ``TypeError`` is
+    re-raised with the component's name and the arguments it received.
 
     Example:
         >>> from diffrl import registry
@@ -326,6 +328,11 @@ def build(kind: str, cfg: Any, /, **kwargs: Any) -> Any:
         <function <lambda> at ...>
         >>> registry.build("demo", {"name": "pair", "a": 1}, b=2)
         (1, 2)
+        >>> try:
+        ...     registry.build("demo", {"name": "pair", "a": 1, "c": 3})
+        ... except registry.RegistryError as err:
+        ...     print(err)
+        demo 'pair' has no option 'c'; accepted options: a, b. Fix: remove it or use one of those names.
         >>> registry.unregister("demo", "pair")
     """
     cfg = _to_plain(cfg)
@@ -346,6 +353,7 @@ def build(kind: str, cfg: Any, /, **kwargs: Any) -> Any:
         )
     factory = get(kind, name)
     arguments = {**options, **kwargs}
+    _check_options(kind, name, factory, options, kwargs)
     try:
         return factory(**arguments)
     except TypeError as err:
@@ -354,6 +362,53 @@ def build(kind: str, cfg: Any, /, **kwargs: Any) -> Any:
             f"building {kind} {name!r} with arguments {sorted(arguments)} failed: {err}. "
             f"Its signature is {name}{signature}."
         ) from err
+
+
+def _check_options(kind: str, name: str, factory: Any, options: Mapping, kwargs: Mapping) -> None:
+    """Raise a one-line RegistryError if ``factory`` cannot take these keyword arguments (when its signature says so).
+
+    ``options`` come from the user's config, ``kwargs`` from the calling code: the message says which is which, and
+    lists as accepted only the names a config may set (not those the caller already passes).
+    """
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no introspectable signature (some builtins): let the call decide
+        return
+    params = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown: list[str] = []
+    else:
+        keyword = {n for n, p in params.items() if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+        unknown = [key for key in {**options, **kwargs} if key not in keyword]
+    missing = [
+        n
+        for n, p in params.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and n not in options
+        and n not in kwargs
+    ]
+    if not unknown and not missing:
+        return
+    accepted = [
+        n
+        for n, p in params.items()
+        if n not in kwargs and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if unknown:
+        bad = ", ".join(repr(k) for k in unknown)
+        close = sorted({c for k in unknown for c in difflib.get_close_matches(k, accepted, n=2, cutoff=0.6)})
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        source = "" if all(k in options for k in unknown) else " (passed by the calling code, not the config)"
+        raise RegistryError(
+            f"{kind} {name!r} has no option{'s' if len(unknown) > 1 else ''} {bad}{hint}{source}; accepted options: "
+            f"{', '.join(accepted) or 'none'}. Fix: remove it or use one of those names."
+        )
+    raise RegistryError(
+        f"{kind} {name!r} needs option{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}, "
+        f"which {'were' if len(missing) > 1 else 'was'} not given; accepted options: {', '.join(accepted)}. "
+        f"Fix: add {missing[0]}: <value> to its config."
+    )
 
 
 def _signature(obj: Callable[..., Any]) -> str:

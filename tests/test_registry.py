@@ -128,10 +128,33 @@ def test_build_errors_name_the_component(clean_kind):
     registry.register(clean_kind, "widget", Widget)
     with pytest.raises(registry.RegistryError, match="no 'name' key"):
         registry.build(clean_kind, {"size": 1})
-    with pytest.raises(TypeError, match=r"building test_kind 'widget' with arguments \['colour', 'size'\]"):
-        registry.build(clean_kind, {"name": "widget", "size": 1, "colour": "blue"})
     with pytest.raises(registry.RegistryError, match="pass a registered name"):
         registry.build(clean_kind, 3)
+
+
+def test_unknown_and_missing_options_are_one_line_registry_errors(clean_kind):
+    registry.register(clean_kind, "widget", Widget)
+    with pytest.raises(registry.RegistryError) as info:
+        registry.build(clean_kind, {"name": "widget", "size": 1, "colour": "blue"})
+    assert str(info.value) == (
+        "test_kind 'widget' has no option 'colour' (did you mean 'color'?); accepted options: size, color. "
+        "Fix: remove it or use one of those names."
+    )
+    # names the calling code passes are not offered to the config, and a bad one is blamed on the code
+    with pytest.raises(registry.RegistryError, match=r"no option 'foo' \(passed by the calling code.*options: color\."):
+        registry.build(clean_kind, {"name": "widget"}, size=1, foo=2)
+    with pytest.raises(registry.RegistryError, match="needs option 'size', which was not given.*add size: <value>"):
+        registry.build(clean_kind, {"name": "widget", "color": "blue"})
+    # a TypeError raised inside a constructor that accepted its arguments still names the component
+    registry.register(clean_kind, "broken", lambda size: size + "x")
+    with pytest.raises(TypeError, match=r"building test_kind 'broken' with arguments \['size'\] failed"):
+        registry.build(clean_kind, {"name": "broken", "size": 1})
+
+
+def test_build_checks_options_of_a_real_loss():
+    """`+loss.foo=1` on a recipe: the error names the loss, the option and CalQLLoss's real arguments."""
+    with pytest.raises(registry.RegistryError, match=r"loss 'cal_ql' has no option 'foo'; accepted .*cql_alpha"):
+        registry.build("loss", {"name": "cal_ql", "foo": 1}, actor_network=None, qvalue_network=None)
 
 
 def test_describe_gives_summary_and_signature(clean_kind):
