@@ -25,8 +25,10 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from diffrl import registry
 from diffrl.data.toy import BANDIT_MODES, BANDIT_REWARD_MEANS, bandit_replay_buffer
 from diffrl.objectives.updaters import diffusion_ql_updater
-from diffrl.train import format_summary, make_progress, resolve_device, run_recipe, seed_everything, start_run
+from diffrl.train import format_summary, resolve_device, run_recipe, seed_everything, start_run
 from diffrl.train.progress import Timer
+from diffrl.train.trainer import Trainer
+from diffrl.train.updates import critic_then_actor_update
 
 QUADRANT_EDGE = 0.4  # a sample belongs to a mode when it lies beyond 0.4 on both axes, on the mode's side
 
@@ -74,9 +76,7 @@ def main(cfg):
         value.backward()
         optim.step()
 
-    bar = make_progress(cfg.offline.steps, "bandit2d", keys=["gaussian_nll", "bc_loss", "loss_qvalue", "q_term"])
-    for i in range(cfg.offline.steps):
-        batch = rb.sample()
+    def update(batch):
         # Gaussian BC: negative log-likelihood (actions pulled inside the open interval the tanh reaches)
         inner = batch["action"].clamp(-1 + 1e-3, 1 - 1e-3)
         gaussian_nll = -gaussian.get_dist(batch).log_prob(inner).mean()
@@ -84,16 +84,23 @@ def main(cfg):
         # Diffusion BC
         step(optims["diffusion_bc"], bc_loss(batch)["loss_actor"])
         # Diffusion-QL: critic step, then the actor against the updated critic, then the targets
-        loss_qvalue, _ = ql_loss.qvalue_loss(batch)
-        step(optims["critic"], loss_qvalue)
-        loss_actor, metrics = ql_loss.actor_loss(batch)
-        step(optims["diffusion_ql"], loss_actor)
-        updater.step()
-        if (i + 1) % cfg.logger.log_every == 0:
-            logged = {"gaussian_nll": gaussian_nll, "loss_qvalue": loss_qvalue, **metrics}
-            run.log({f"train/{k}": v for k, v in logged.items()}, i + 1)
-            bar.update(cfg.logger.log_every, logged)
-    bar.close()
+        return {"gaussian_nll": gaussian_nll.detach(), **diffusion_ql_update(batch)}
+
+    diffusion_ql_update = critic_then_actor_update(ql_loss, optims["critic"], optims["diffusion_ql"], updater)
+    state = {"gaussian": gaussian, "bc_loss": bc_loss, "ql_loss": ql_loss, "updater": updater}
+    state.update({f"optim_{name}": optim for name, optim in optims.items()})
+    trainer = Trainer(
+        cfg,
+        update=update,
+        run=run,
+        policy=diffusion_ql,
+        offline_rb=rb,
+        checkpoint=state,
+        name="bandit2d",
+        progress_keys=["train/gaussian_nll", "train/bc_loss", "train/loss_qvalue", "train/q_term"],
+        verbose=False,
+    )
+    trainer.run()
 
     # Sample each policy at the fixed state and measure where the samples land.
     state = torch.zeros(cfg.eval.samples, rb.obs_dim, device=device)

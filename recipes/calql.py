@@ -1,4 +1,4 @@
-"""Cal-QL: calibrated conservative Q-learning pre-trained offline, then fine-tuned online.
+"""Cal-QL: calibrated conservative Q-learning pre-trained offline, then fine-tuned online; optionally with EDIS.
 
 Nakamoto et al., "Cal-QL: Calibrated Offline RL Pre-Training for Efficient Online Fine-Tuning", NeurIPS 2023, run with
 CORL's protocol (``algorithms/finetune/cal_ql.py``):
@@ -6,6 +6,11 @@ CORL's protocol (``algorithms/finetune/cal_ql.py``):
     pre-train on the dataset: SAC actor + CQL critics whose policy-action values are lifted to max(Q, mc_return)
     switch: calibration off, cql_alpha <- cql_alpha_online
     fine-tune: one env step, then one update on a batch half offline, half online (online mc_return = 0)
+
+With an ``edis`` config group (``recipes/edis_calql.py``, whose config extends this one), EDIS (Liu et al., ICML 2024)
+also fits a diffusion model of transitions at the switch and every ``online.retrain_every`` env steps, steers it
+toward the online state, policy and dynamics distributions with three energies, and replaces
+``edis.synthetic_fraction`` of every online batch with its samples.
 
     python recipes/calql.py                                   # pendulum, a few minutes on CPU
     python recipes/calql.py config=calql_hopper_medium.yaml   # CORL-scale settings on a Minari dataset
@@ -20,7 +25,10 @@ from torchrl.objectives import SoftUpdate
 from diffrl import registry
 from diffrl.data import load_dataset
 from diffrl.train import resolve_device, run_recipe, seed_everything, start_run
-from diffrl.train.o2o import O2OHook, OfflineToOnline, o2o_envs, summed_loss_update
+from diffrl.train.collectors import dataset_envs
+from diffrl.train.edis_hook import EDISHook, build_edis
+from diffrl.train.trainer import Hook, Trainer
+from diffrl.train.updates import summed_loss_update
 
 
 def main(cfg):
@@ -33,18 +41,18 @@ def main(cfg):
     # Data and envs: the dataset carries mc_return (calibration), observation statistics and reference scores. Online
     # rewards get the dataset's reward transform; evaluation sees raw rewards, comparable to the reference scores.
     rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
-    env, eval_env = o2o_envs(
+    env, eval_env = dataset_envs(
         cfg.env.name, rb, device=device, max_episode_steps=cfg.env.max_episode_steps, seed=cfg.seed
     )
 
     # Tanh-Gaussian actor within the env's bounds, a single Q network the loss copies num_qvalue_nets times.
     space = env.action_spec.space
-    actor = registry.build(
-        "actor", cfg.actor, obs_dim=rb.obs_dim, action_dim=rb.action_dim, action_low=space.low, action_high=space.high
-    ).to(device)
-    critic = registry.build("critic", cfg.critic, obs_dim=rb.obs_dim, action_dim=rb.action_dim).to(device)
+    dims = {"obs_dim": rb.obs_dim, "action_dim": rb.action_dim}
+    actor = registry.build("actor", cfg.actor, **dims, action_low=space.low, action_high=space.high).to(device)
+    critic = registry.build("critic", cfg.critic, **dims).to(device)
     loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic)
     loss.make_value_estimator(gamma=cfg.gamma)
+    edis = build_edis(cfg.edis, **dims, device=device, seed=cfg.seed) if "edis" in cfg else None
 
     # CORL: the entropy temperature learns at the policy rate, the Lagrange multiplier at the critic rate.
     optims = {
@@ -55,24 +63,27 @@ def main(cfg):
     if cfg.loss.cql_lagrange:
         optims["alpha_prime"] = torch.optim.Adam([loss.log_alpha_prime], lr=cfg.optim.critic_lr)
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
-
-    update = summed_loss_update(loss, optims.values(), updater)
-
-    switch = O2OHook(on_switch=lambda loop: loss.switch_to_online(cfg.online.cql_alpha))
     state = {"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}}
-    loop = OfflineToOnline(
+
+    hooks = [Hook(on_switch=lambda trainer: loss.switch_to_online(cfg.online.cql_alpha))]
+    if edis is not None:  # the synthetic pool, refitted at the switch and every retrain_every env steps
+        generator = EDISHook(edis, actor, every=cfg.online.retrain_every, extra_updates=cfg.online.extra_updates)
+        hooks.append(generator)
+        state["edis"] = generator
+
+    trainer = Trainer(
         cfg,
-        update=update,
+        update=summed_loss_update(loss, optims.values(), updater),
+        run=run,
+        policy=actor,
         offline_rb=rb,
         env=env,
         eval_env=eval_env,
-        policy=actor,
-        run=run,
         checkpoint=state,
-        hooks=[switch],
-        name="calql",
+        hooks=hooks,
+        name="calql" if edis is None else "edis_calql",
     )
-    result = loop.run()
+    result = trainer.run()
     run.close()
     return result
 

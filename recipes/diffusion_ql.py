@@ -1,7 +1,7 @@
 """Diffusion-QL: offline RL with a diffusion policy, behaviour cloning plus normalised Q maximisation.
 
 Wang, Hunt and Zhou, "Diffusion Policies as an Expressive Policy Class for Offline Reinforcement Learning", ICLR 2023,
-with the official code's update order and defaults (ALGORITHMS.md section 2):
+with the official code's update order and defaults (docs/algorithms.md):
 
     for every step:
         (s, a, r, s') ~ dataset
@@ -28,7 +28,8 @@ from diffrl.envs import make_env
 from diffrl.modules.q_selection import QSelectionActor
 from diffrl.objectives.updaters import diffusion_ql_updater
 from diffrl.train import normalized_score, resolve_device, run_recipe, seed_env, seed_everything, start_run
-from diffrl.train.o2o import O2OSettings, OfflineToOnline
+from diffrl.train.trainer import Trainer
+from diffrl.train.updates import critic_then_actor_update
 
 
 def main(cfg):
@@ -64,38 +65,11 @@ def main(cfg):
     optim_critic = torch.optim.Adam(critic_params, lr=cfg.optim.critic_lr, fused=True)
     updater = diffusion_ql_updater(loss, **cfg.optim.targets)
 
-    def clip(params):
-        if cfg.optim.grad_norm > 0:  # one norm for actor and critic, per dataset in the paper's table
-            return torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_norm)
-        return torch.zeros(())
-
-    qvalue_loss, actor_loss = loss.qvalue_loss, loss.actor_loss
-    if cfg.compile:
-        # Each term becomes one inductor graph, forward and backward: Mish, the sampler's step arithmetic and the
-        # loss algebra are fused into a few loops (benchmarks/README.md: about 1.4x the eager update on 2 CPU threads).
-        qvalue_loss, actor_loss = torch.compile(qvalue_loss), torch.compile(actor_loss)
-
-    def update(batch):
-        loss_qvalue, metrics = qvalue_loss(batch)
-        optim_critic.zero_grad()
-        loss_qvalue.backward()
-        critic_grad_norm = clip(critic_params)
-        optim_critic.step()
-        loss_actor, actor_metrics = actor_loss(batch)  # against the critic just updated
-        optim_actor.zero_grad()
-        loss_actor.backward()
-        actor_grad_norm = clip(actor_params)
-        optim_actor.step()
-        updater.step()
-        metrics.pop("td_error")
-        return {
-            "loss_qvalue": loss_qvalue.detach(),
-            "loss_actor": loss_actor.detach(),
-            **metrics,
-            **actor_metrics,
-            "critic_grad_norm": critic_grad_norm,
-            "actor_grad_norm": actor_grad_norm,
-        }
+    # Critic step, then the actor against the critic just updated; one gradient-norm clip for both (per dataset in
+    # the paper). compile: each loss term becomes one inductor graph, forward and backward.
+    update = critic_then_actor_update(
+        loss, optim_critic, optim_actor, updater, grad_norm=max(cfg.optim.grad_norm, 0.0), compile=cfg.compile
+    )
 
     # Evaluation policy: the online actor's candidates scored by the target critics.
     select = QSelectionActor(actor, critic, **cfg.eval.selection)
@@ -104,29 +78,20 @@ def main(cfg):
         with loss.target_qvalue_network_params.to_module(critic):
             return select(td)
 
-    settings = O2OSettings(
-        offline_steps=cfg.offline.steps,
-        online_steps=0,
-        batch_size=cfg.data.batch_size,
-        eval_every=cfg.eval.every,
-        eval_episodes=cfg.eval.episodes,
-        eval_exploration="random",
-        log_every=cfg.logger.log_every,
-    )
     state = {"loss": loss, "optim_actor": optim_actor, "optim_critic": optim_critic, "updater": updater}
-    loop = OfflineToOnline(
-        settings,
+    trainer = Trainer(
+        cfg,
         update=update,
-        offline_rb=rb,
-        env=eval_env,
-        eval_env=eval_env,
-        policy=policy,
         run=run,
+        policy=actor,
+        eval_policy=policy,
+        offline_rb=rb,
+        eval_env=eval_env,
         checkpoint=state,
         name="diffusion_ql",
         progress_keys=("train/loss_qvalue", "train/bc_loss", "eval/return"),
     )
-    result = loop.run()
+    result = trainer.run()
     dataset_return = float(rb.episode_returns.mean())
     final = result.get("offline", {})
     if "eval/return" in final:

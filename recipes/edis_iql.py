@@ -1,4 +1,4 @@
-"""IQL + EDIS: IQL fine-tuned online with energy-guided synthetic transitions in every update.
+"""IQL + EDIS: ``recipes/iql.py`` with the EDIS config group of ``configs/edis_iql.yaml`` turned on.
 
 Liu et al., "Energy-Guided Diffusion Sampling for Offline-to-Online Reinforcement Learning" (EDIS), ICML 2024, on IQL
 (Kostrikov et al., ICLR 2022) with CORL's fine-tuning protocol and TorchRL's ``IQLLoss``:
@@ -16,75 +16,9 @@ Liu et al., "Energy-Guided Diffusion Sampling for Offline-to-Online Reinforcemen
     python recipes/edis_iql.py resume=runs/edis_iql/<run>                  # continue a run, in either phase
 """
 
-from __future__ import annotations
+from iql import main  # the recipe's own directory is on sys.path when it runs as a script
 
-import torch
-from torchrl.objectives import SoftUpdate
-
-from diffrl import registry
-from diffrl.data import load_dataset
-from diffrl.train import resolve_device, run_recipe, seed_everything, start_run
-from diffrl.train.edis_hook import EDISHook, build_edis
-from diffrl.train.o2o import OfflineToOnline, o2o_envs, summed_loss_update
-
-
-def main(cfg):
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)  # small networks on a CPU run fastest on one or two threads
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    run = start_run(cfg)
-
-    # Data and envs: online rewards get the dataset's reward transform; evaluation sees raw rewards, comparable to the
-    # dataset's reference scores.
-    rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
-    env, eval_env = o2o_envs(
-        cfg.env.name, rb, device=device, max_episode_steps=cfg.env.max_episode_steps, seed=cfg.seed
-    )
-
-    # IQL: a stochastic actor that scores dataset actions, one Q network (copied num_qvalue_nets times), V(s).
-    space = env.action_spec.space
-    dims = {"obs_dim": rb.obs_dim, "action_dim": rb.action_dim}
-    actor = registry.build("actor", cfg.actor, **dims, action_low=space.low, action_high=space.high).to(device)
-    critic = registry.build("critic", cfg.critic, **dims).to(device)
-    value = registry.build("critic", cfg.value, **dims).to(device)
-    loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic, value_network=value)
-    loss.make_value_estimator(gamma=cfg.gamma)
-
-    # EDIS: the transition generator whose pool replaces edis.synthetic_fraction of every online batch.
-    edis = build_edis(cfg.edis, **dims, device=device, seed=cfg.seed)
-
-    optims = {
-        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr),
-        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr),
-        "value": torch.optim.Adam(loss.value_network_params.values(True, True), lr=cfg.optim.value_lr),
-    }
-    updater = SoftUpdate(loss, tau=cfg.optim.tau)
-
-    update = summed_loss_update(loss, optims.values(), updater)
-
-    generator = EDISHook(edis, actor, every=cfg.online.retrain_every, extra_updates=cfg.online.extra_updates)
-    loop = OfflineToOnline(
-        cfg,
-        update=update,
-        offline_rb=rb,
-        env=env,
-        eval_env=eval_env,
-        policy=actor,
-        run=run,
-        checkpoint={
-            "loss": loss,
-            "updater": updater,
-            "edis": generator,
-            **{f"optim_{k}": v for k, v in optims.items()},
-        },
-        hooks=[generator],
-        name="edis_iql",
-    )
-    result = loop.run()
-    run.close()
-    return result
-
+from diffrl.train import run_recipe
 
 if __name__ == "__main__":
-    run_recipe(main)
+    run_recipe(main, recipe=__file__)

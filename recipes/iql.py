@@ -1,4 +1,4 @@
-"""IQL: implicit Q-learning pre-trained offline, then fine-tuned online.
+"""IQL: implicit Q-learning pre-trained offline, then fine-tuned online; optionally with EDIS.
 
 Kostrikov et al., "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022, run with CORL's fine-tuning
 protocol (``algorithms/finetune/iql.py``) and TorchRL's ``IQLLoss``:
@@ -6,7 +6,12 @@ protocol (``algorithms/finetune/iql.py``) and TorchRL's ``IQLLoss``:
     V  <- expectile regression of min_i Q'_i(s, a) (expectile tau)
     Q  <- r + gamma (1 - terminated) V(s')
     pi <- advantage-weighted regression, weights exp(temperature * (min_i Q'_i(s, a) - V(s))) clipped at 100
+          (actor lr: cosine annealing over the offline steps, stepped on every update in both phases, as CORL)
     fine-tune: the same updates, one per env step, on batches drawn from the dataset and the online transitions
+
+With an ``edis`` config group (``recipes/edis_iql.py``, whose config extends this one), EDIS (Liu et al., ICML 2024)
+replaces ``edis.synthetic_fraction`` of every online batch with energy-guided synthetic transitions, refitted at the
+switch and every ``online.retrain_every`` env steps.
 
     python recipes/iql.py                                   # pendulum, a few minutes on CPU
     python recipes/iql.py config=iql_antmaze_umaze.yaml     # CORL-scale settings on a Minari dataset
@@ -21,7 +26,10 @@ from torchrl.objectives import SoftUpdate
 from diffrl import registry
 from diffrl.data import load_dataset
 from diffrl.train import resolve_device, run_recipe, seed_everything, start_run
-from diffrl.train.o2o import OfflineToOnline, o2o_envs, summed_loss_update
+from diffrl.train.collectors import dataset_envs
+from diffrl.train.edis_hook import EDISHook, build_edis
+from diffrl.train.trainer import Trainer
+from diffrl.train.updates import summed_loss_update
 
 
 def main(cfg):
@@ -34,7 +42,7 @@ def main(cfg):
     # Data and envs: online rewards get the dataset's reward transform; evaluation sees raw rewards, comparable to the
     # dataset's reference scores.
     rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
-    env, eval_env = o2o_envs(
+    env, eval_env = dataset_envs(
         cfg.env.name, rb, device=device, max_episode_steps=cfg.env.max_episode_steps, seed=cfg.seed
     )
 
@@ -46,29 +54,39 @@ def main(cfg):
     value = registry.build("critic", cfg.value, **dims).to(device)
     loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic, value_network=value)
     loss.make_value_estimator(gamma=cfg.gamma)
+    edis = build_edis(cfg.edis, **dims, device=device, seed=cfg.seed) if "edis" in cfg else None
 
     optims = {
         "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr),
         "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr),
         "value": torch.optim.Adam(loss.value_network_params.values(True, True), lr=cfg.optim.value_lr),
     }
+    schedulers = {}
+    if cfg.optim.get("actor_lr_schedule", "constant") == "cosine":  # past T_max the cosine climbs back, slowly
+        schedulers["actor"] = torch.optim.lr_scheduler.CosineAnnealingLR(optims["actor"], T_max=cfg.offline.steps)
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
-
-    update = summed_loss_update(loss, optims.values(), updater)
-
     state = {"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}}
-    loop = OfflineToOnline(
+    state.update({f"schedule_{k}": v for k, v in schedulers.items()})
+
+    hooks = []
+    if edis is not None:  # the synthetic pool, refitted at the switch and every retrain_every env steps
+        generator = EDISHook(edis, actor, every=cfg.online.retrain_every, extra_updates=cfg.online.extra_updates)
+        hooks.append(generator)
+        state["edis"] = generator
+
+    trainer = Trainer(
         cfg,
-        update=update,
+        update=summed_loss_update(loss, optims.values(), updater, schedulers=schedulers.values()),
+        run=run,
+        policy=actor,
         offline_rb=rb,
         env=env,
         eval_env=eval_env,
-        policy=actor,
-        run=run,
         checkpoint=state,
-        name="iql",
+        hooks=hooks,
+        name="iql" if edis is None else "edis_iql",
     )
-    result = loop.run()
+    result = trainer.run()
     run.close()
     return result
 

@@ -13,7 +13,7 @@ Psenka, Escontrela, Abbeel and Ma, "Learning a Diffusion Model Policy from Rewar
     python recipes/qsm.py config=qsm_hopper.yaml           # the paper's settings on Hopper-v5
     python recipes/qsm.py collector.num_workers=2          # TorchRL's multi-process collector
     python recipes/qsm.py collector.backend=ray collector.num_workers=2   # TorchRL's Ray collector
-    python recipes/qsm.py resume=runs/qsm/<run>            # continue a run (the env restarts a fresh episode)
+    python recipes/qsm.py resume=runs/qsm/<run>            # continue a run exactly where it stopped
 """
 
 from __future__ import annotations
@@ -26,18 +26,10 @@ from torchrl.modules import AdditiveGaussianModule
 from torchrl.objectives import SoftUpdate
 
 from diffrl import registry
-from diffrl.train import (
-    Timer,
-    evaluate,
-    format_summary,
-    make_progress,
-    resolve_device,
-    run_recipe,
-    seed_everything,
-    start_run,
-)
-from diffrl.train.collectors import EpisodeTracker, make_collector, make_env_fn
-from diffrl.train.replay import StoredItems, make_online_buffer
+from diffrl.train import resolve_device, run_recipe, seed_everything, start_run
+from diffrl.train.collectors import make_env_fn
+from diffrl.train.trainer import Trainer
+from diffrl.train.updates import critic_then_actor_update
 
 
 def main(cfg):
@@ -65,98 +57,45 @@ def main(cfg):
     )
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
 
-    # Exploration: the stochastic sampler plus clipped Gaussian noise; the buffer keeps what the loss reads.
+    # Exploration: the stochastic sampler plus clipped Gaussian noise. One in-process env is built here (and seeded);
+    # several collector workers build their own from env_fn.
     exploration_policy = TensorDictSequential(
         actor,
         AdditiveGaussianModule(
             eval_env.action_spec, sigma_init=cfg.online.exploration_noise, sigma_end=cfg.online.exploration_noise
         ),
     )
-    rb = make_online_buffer(cfg.online.buffer_size, device)
-    episodes = EpisodeTracker(reward_key=("next", "raw_reward"))
+    env = env_fn
+    if cfg.collector.num_workers == 1 and cfg.collector.backend in ("auto", "direct"):
+        env = env_fn()
+        env.set_seed(cfg.seed)
+
+    # The official order per update: critic step on the batch, then the actor against the updated critic.
+    update = critic_then_actor_update(loss, critic_optim, actor_optim, updater, schedulers=[actor_schedule])
     state = {
         "loss": loss,
         "actor_optim": actor_optim,
         "critic_optim": critic_optim,
         "actor_schedule": actor_schedule,
         "updater": updater,
-        "rb": StoredItems(rb),
-        "episodes": episodes,
-        "eval_env": eval_env,
     }
-    step = run.resume(**state)
-    counters = run.resumed.get("counters", {"updates": 0, "credit": 0.0})
-    updates, credit = counters["updates"], counters["credit"]
-
-    collector = make_collector(
-        cfg.collector,
-        env_fn,
-        exploration_policy,
-        total_frames=cfg.online.steps - step,
-        init_random_frames=cfg.online.random_steps - step,
+    trainer = Trainer(
+        cfg,
+        update=update,
+        run=run,
+        policy=actor,
+        exploration_policy=exploration_policy,
+        env=env,
+        eval_env=eval_env,
+        checkpoint=state,
+        store_keys=loss.in_keys,
         device=device,
-        seed=cfg.seed + step,
-    )  # a resumed run does not replay the first run's episodes
-    bar = make_progress(cfg.online.steps, "qsm", initial=step, keys=["loss_qvalue", "loss_actor", "eval/return"])
-    timer, start, metrics = Timer(), step, {}
-
-    def checkpoint():
-        run.save(step, **state, counters={"updates": updates, "credit": credit})
-
-    try:
-        for data in collector:
-            before, step = step, step + data.numel()
-            for ret, length in episodes.update(data):
-                run.log({"train/episode_return": ret, "train/episode_length": length}, step)
-            rb.extend(data.reshape(-1).select(*loss.in_keys).to(device))
-            if step > cfg.online.random_steps:
-                credit += data.numel() * cfg.online.utd_ratio
-            while credit >= 1.0:
-                batch = rb.sample(cfg.online.batch_size).to(device)
-                # The official order: critic step on the batch, then the actor against the updated critic.
-                loss_qvalue, q_info = loss.qvalue_loss(batch)
-                critic_optim.zero_grad()
-                loss_qvalue.backward()
-                critic_optim.step()
-                loss_actor, actor_info = loss.actor_loss(batch)
-                actor_optim.zero_grad()
-                loss_actor.backward()
-                actor_optim.step()
-                actor_schedule.step()
-                updater.step()
-                updates, credit = updates + 1, credit - 1.0
-                q_info.pop("td_error")
-                metrics = {
-                    "loss_qvalue": loss_qvalue.item(),
-                    "loss_actor": loss_actor.item(),
-                    **{k: v.item() for k, v in (q_info | actor_info).items()},
-                }
-            collector.update_policy_weights_()  # workers in other processes act with the new weights
-            bar.update(data.numel(), metrics)
-            if metrics and step // cfg.logger.log_every > before // cfg.logger.log_every:
-                run.log(
-                    {
-                        **{f"train/{k}": v for k, v in metrics.items()},
-                        "train/updates": updates,
-                        "train/actor_lr": actor_schedule.get_last_lr()[0],
-                    },
-                    step,
-                )
-            if step // cfg.eval.every > before // cfg.eval.every or step >= cfg.online.steps:
-                result = evaluate(eval_env, actor, cfg.eval.episodes, exploration=cfg.eval.exploration)
-                run.log(result, step)
-                bar.update(0, result)
-                checkpoint()
-            if step >= cfg.online.steps:
-                break
-    finally:
-        collector.shutdown()
-        bar.close()
-
-    seconds = timer.elapsed
-    print(format_summary("qsm", step - start, seconds, run.logger.last), flush=True)
+        name="qsm",
+        progress_keys=["train/loss_qvalue", "train/loss_actor", "eval/return"],
+    )
+    result = trainer.run()
     run.close()
-    return {"steps": step, "updates": updates, "seconds": seconds, **run.logger.last}
+    return {**result, **run.logger.last}
 
 
 if __name__ == "__main__":

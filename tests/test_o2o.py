@@ -12,7 +12,7 @@ from diffrl import registry
 from diffrl.data import OfflineReplayBuffer
 from diffrl.envs import make_env
 from diffrl.train import read_metrics, start_run
-from diffrl.train.o2o import O2OHook, O2OSettings, OfflineToOnline
+from diffrl.train.trainer import Hook, Trainer, TrainerSettings
 from diffrl.train.replay import BatchMixer, StoredItems, make_online_buffer
 
 OFFLINE_MC = 7.0  # every offline transition carries this mc_return: a batch's online items are those with mc_return 0
@@ -53,7 +53,7 @@ def offline_buffer(n: int = 64) -> OfflineReplayBuffer:
     )
 
 
-def settings(**overrides) -> O2OSettings:
+def settings(**overrides) -> TrainerSettings:
     values = {
         "offline_steps": 6,
         "online_steps": 6,
@@ -64,7 +64,7 @@ def settings(**overrides) -> O2OSettings:
         "log_every": 3,
     }
     values.update(overrides)
-    return O2OSettings(**values)
+    return TrainerSettings(**values)
 
 
 class Recorder:
@@ -96,7 +96,7 @@ def make_loop(tmp_path, name="run", resume=None, hooks=(), update=None, **overri
     )
     update = update or Recorder()
     run = start_run(cfg)
-    loop = OfflineToOnline(
+    loop = Trainer(
         settings(**overrides),
         update=update,
         offline_rb=rb,
@@ -236,7 +236,7 @@ def test_switch_hook_runs_between_the_phases_and_changes_what_cal_ql_computes(tm
             seen.append((loss.calibration, float(out["cql_alpha"])))
             return super().__call__(batch)
 
-    switch = O2OHook(on_switch=lambda loop: loss.switch_to_online(cql_alpha_online=0.5))
+    switch = Hook(on_switch=lambda loop: loss.switch_to_online(cql_alpha_online=0.5))
     loop, _, run = make_loop(tmp_path, hooks=[switch], update=CalQLRecorder(), online_steps=3)
     loop.run()
     run.close()
@@ -245,7 +245,7 @@ def test_switch_hook_runs_between_the_phases_and_changes_what_cal_ql_computes(tm
 
 def test_interval_hooks_and_update_to_data_ratio(tmp_path):
     calls = []
-    hook = O2OHook(on_interval=lambda loop: calls.append((loop.step, len(loop.online_rb))), every=4)
+    hook = Hook(on_interval=lambda loop: calls.append((loop.step, len(loop.online_rb))), every=4)
     loop, rec, run = make_loop(
         tmp_path, hooks=[hook], offline_steps=2, online_steps=12, frames_per_batch=2, utd_ratio=1.5
     )
@@ -279,7 +279,7 @@ def test_resume_in_the_online_phase_continues_from_phase_and_step(tmp_path):
     run.close()
     checkpoint = run.checkpointer.path_for(9)  # offline 6 + 3 online steps
     switches = []
-    hook = O2OHook(on_switch=lambda loop: switches.append(loop.step))
+    hook = Hook(on_switch=lambda loop: switches.append(loop.step))
     again, rec2, run2 = make_loop(tmp_path, resume=checkpoint, hooks=[hook], online_steps=6)
     result = again.run()
     run2.close()
@@ -312,7 +312,7 @@ def test_settings_read_the_recipe_keys_and_reject_bad_values():
         "eval": {"every": 5, "episodes": 2},
         "logger": {"log_every": 7},
     }
-    s = O2OSettings.from_config(cfg)
+    s = TrainerSettings.from_config(cfg)
     assert (s.total_steps, s.mixing_ratio, s.utd_ratio, s.buffer_size, s.log_every) == (14, 0.25, 2.0, 4, 7)
     with pytest.raises(ValueError, match="mixing_ratio"):
         settings(mixing_ratio=1.5)

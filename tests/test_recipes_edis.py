@@ -16,7 +16,7 @@ from diffrl.envs import make_env
 from diffrl.train import load_config, read_metrics, start_run
 from diffrl.train.config import ConfigError
 from diffrl.train.edis_hook import EDISHook, build_edis
-from diffrl.train.o2o import O2OSettings, OfflineToOnline
+from diffrl.train.trainer import Trainer, TrainerSettings
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 OFFLINE_MC = 7.0  # every offline transition of the in-process tests carries this mc_return; online ones carry 0
@@ -95,11 +95,11 @@ def test_hook_regenerates_on_schedule_and_online_batches_are_exactly_synthetic_p
         seed=0,
     )
     hook = EDISHook(edis, actor, every=4, extra_updates=2, verbose=False)
-    settings = O2OSettings(
+    settings = TrainerSettings(
         offline_steps=3, online_steps=8, batch_size=8, mixing_ratio=0.0, eval_every=0, eval_episodes=1, log_every=1
     )
     run = start_run(OmegaConf.create({"logger": {"dir": str(tmp_path / "run"), "backend": "csv"}, "resume": None}))
-    loop = OfflineToOnline(
+    loop = Trainer(
         settings,
         update=update,
         offline_rb=offline_buffer(),

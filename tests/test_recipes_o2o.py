@@ -49,7 +49,7 @@ def test_recipe_runs_both_phases_from_another_directory(name, tiny_dataset, tmp_
     early, late = (
         torch.load(run_dir / "checkpoints" / f"step_0000000{s}0.pt", weights_only=False)["objects"] for s in (3, 4)
     )
-    stored = [ckpt["o2o_online_rb"]["items"] for ckpt in (early, late)]
+    stored = [ckpt["loop_online_rb"]["items"] for ckpt in (early, late)]
     assert [items.shape[0] for items in stored] == [10, 20] and bool((stored[1]["mc_return"] == 0).all())
     assert torch.equal(stored[1][:10]["observation"], stored[0]["observation"])
     actor_keys = [k for k in late["loss"] if k.startswith("actor_network_params")]
@@ -121,5 +121,5 @@ def test_calql_online_phase_lifts_the_normalized_score(seed, tiny_dataset, tmp_p
     assert offline < 20, f"offline training alone should not solve the task here, got {offline:.1f}"
     assert online - offline > 25, f"online phase: {offline:.1f} -> {online:.1f}"
     final = torch.load(run_dir / "checkpoints" / "step_000003500.pt", weights_only=False)["objects"]
-    items = final["o2o_online_rb"]["items"]
+    items = final["loop_online_rb"]["items"]
     assert items.shape[0] == 3000 and bool((items["mc_return"] == 0).all())

@@ -1,22 +1,17 @@
-"""The recipe toolkit: configuration, seeding and devices, logging, progress, evaluation, checkpoints.
+"""The recipe toolkit: configuration, seeding and devices, logging, progress, evaluation, checkpoints, the trainer.
 
 What every recipe needs and none should rewrite. A recipe reads::
 
-    from diffrl.train import evaluate, make_progress, resolve_device, run_recipe, seed_everything, start_run
+    from diffrl.train import Trainer, resolve_device, run_recipe, seed_everything, start_run, summed_loss_update
 
     def main(cfg):
         device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
         run = start_run(cfg)                      # run dir, config.yaml, CSV (+ TensorBoard/W&B) logger, checkpoints
-        ...                                       # build data, networks, loss, optimizers, updater
-        start = run.resume(actor=actor, loss=loss, optim=optim, updater=updater, rb=rb)   # 0 unless resume=...
-        bar = make_progress(cfg.offline.steps, "offline", initial=start)
-        for step in range(start, cfg.offline.steps):
-            ...                                   # sample, loss, backward, optimizer step, updater.step()
-            bar.update(1, metrics)
-            if (step + 1) % cfg.eval.every == 0:
-                run.log(evaluate(env, policy, cfg.eval.episodes), step + 1)
-                run.save(step + 1, actor=actor, loss=loss, optim=optim, updater=updater, rb=rb)
+        ...                                       # build data, env, networks, loss, optimizers, target updater
+        update = summed_loss_update(loss, optimizers, updater)
+        Trainer(cfg, update=update, run=run, policy=actor, offline_rb=rb, env=env, eval_env=eval_env,
+                checkpoint={"loss": loss, "updater": updater, ...}).run()   # resume=, SIGINT, NaN handled there
         run.close()
 
     if __name__ == "__main__":
@@ -25,40 +20,34 @@ What every recipe needs and none should rewrite. A recipe reads::
 Modules: :mod:`~diffrl.train.config` (strict YAML + overrides), :mod:`~diffrl.train.seeding` (seeds, RNG states,
 device), :mod:`~diffrl.train.metrics` (logging, reading CSV back), :mod:`~diffrl.train.progress` (tqdm bar, timer,
 summary line), :mod:`~diffrl.train.evaluation`, :mod:`~diffrl.train.checkpoint`, :mod:`~diffrl.train.run` (the run
-directory tying logger and checkpoints to ``resume=``), :mod:`~diffrl.train.o2o` (the offline-to-online loop) with
-:mod:`~diffrl.train.replay` (mixed batches, the online buffer), :mod:`~diffrl.train.plot` (PNG learning curves; not
+directory tying logger and checkpoints to ``resume=``), :mod:`~diffrl.train.trainer` (the one training loop) with
+:mod:`~diffrl.train.updates` (update steps), :mod:`~diffrl.train.replay` (mixed batches, the online buffer),
+:mod:`~diffrl.train.collectors` (TorchRL collectors, envs), :mod:`~diffrl.train.faults` (interrupts, non-finite
+losses), :mod:`~diffrl.train.edis_hook` (EDIS in the trainer), :mod:`~diffrl.train.plot` (PNG learning curves; not
 imported here, it needs matplotlib), :mod:`~diffrl.train.files` (atomic writes).
-
-Names are imported on first access, so ``python recipe.py --help`` and configuration errors answer before torch loads.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
-
-# public name -> defining module; attributes load on first access (PEP 562).
-_EXPORTS = {
-    "config": ("ConfigError", "config_path", "load_config", "run_recipe", "to_yaml"),
-    "seeding": (
-        "env_rng_state",
-        "resolve_device",
-        "rng_state",
-        "seed_env",
-        "seed_everything",
-        "set_env_rng_state",
-        "set_rng_state",
-    ),
-    "metrics": ("BACKENDS", "MetricLogger", "read_metrics"),
-    "progress": ("Progress", "Timer", "format_summary", "make_progress"),
-    "evaluation": ("evaluate", "normalized_score"),
-    "checkpoint": ("CheckpointError", "Checkpointer", "find_checkpoint", "latest_checkpoint", "without_contents"),
-    "run": ("Run", "fresh_run_dir", "start_run"),
-    "files": ("atomic_write", "atomic_write_text"),
-    "o2o": ("O2OHook", "O2OSettings", "OfflineToOnline", "o2o_envs", "summed_loss_update"),
-    "replay": ("BatchMixer", "StoredItems", "make_online_buffer"),
-}
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+from diffrl.train.checkpoint import CheckpointError, Checkpointer, find_checkpoint, latest_checkpoint, without_contents
+from diffrl.train.collectors import EpisodeTracker, dataset_envs, make_collector, make_env_fn
+from diffrl.train.config import ConfigError, config_path, load_config, run_recipe, to_yaml
+from diffrl.train.evaluation import evaluate, normalized_score
+from diffrl.train.faults import NonFiniteLossError, RunInterrupted
+from diffrl.train.files import atomic_write, atomic_write_text
+from diffrl.train.metrics import BACKENDS, MetricLogger, read_metrics
+from diffrl.train.progress import Progress, Timer, format_summary, make_progress
+from diffrl.train.replay import BatchMixer, StoredItems, make_online_buffer
+from diffrl.train.run import Run, fresh_run_dir, start_run
+from diffrl.train.seeding import (
+    env_rng_state,
+    resolve_device,
+    rng_state,
+    seed_env,
+    seed_everything,
+    set_env_rng_state,
+    set_rng_state,
+)
+from diffrl.train.trainer import Hook, Trainer, TrainerSettings
+from diffrl.train.updates import critic_then_actor_update, summed_loss_update
 
 __all__ = [
     "BACKENDS",
@@ -66,17 +55,22 @@ __all__ = [
     "CheckpointError",
     "Checkpointer",
     "ConfigError",
+    "EpisodeTracker",
+    "Hook",
     "MetricLogger",
-    "O2OHook",
-    "O2OSettings",
-    "OfflineToOnline",
+    "NonFiniteLossError",
     "Progress",
     "Run",
+    "RunInterrupted",
     "StoredItems",
     "Timer",
+    "Trainer",
+    "TrainerSettings",
     "atomic_write",
     "atomic_write_text",
     "config_path",
+    "critic_then_actor_update",
+    "dataset_envs",
     "env_rng_state",
     "evaluate",
     "find_checkpoint",
@@ -84,10 +78,11 @@ __all__ = [
     "fresh_run_dir",
     "latest_checkpoint",
     "load_config",
+    "make_collector",
+    "make_env_fn",
     "make_online_buffer",
     "make_progress",
     "normalized_score",
-    "o2o_envs",
     "read_metrics",
     "resolve_device",
     "rng_state",
@@ -101,42 +96,3 @@ __all__ = [
     "to_yaml",
     "without_contents",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'diffrl.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"diffrl.train.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
-if TYPE_CHECKING:  # for type checkers and IDEs
-    from diffrl.train.checkpoint import (
-        Checkpointer,
-        CheckpointError,
-        find_checkpoint,
-        latest_checkpoint,
-        without_contents,
-    )
-    from diffrl.train.config import ConfigError, config_path, load_config, run_recipe, to_yaml
-    from diffrl.train.evaluation import evaluate, normalized_score
-    from diffrl.train.files import atomic_write, atomic_write_text
-    from diffrl.train.metrics import BACKENDS, MetricLogger, read_metrics
-    from diffrl.train.o2o import O2OHook, O2OSettings, OfflineToOnline, o2o_envs, summed_loss_update
-    from diffrl.train.progress import Progress, Timer, format_summary, make_progress
-    from diffrl.train.replay import BatchMixer, StoredItems, make_online_buffer
-    from diffrl.train.run import Run, fresh_run_dir, start_run
-    from diffrl.train.seeding import (
-        env_rng_state,
-        resolve_device,
-        rng_state,
-        seed_env,
-        seed_everything,
-        set_env_rng_state,
-        set_rng_state,
-    )

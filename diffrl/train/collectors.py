@@ -31,7 +31,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["COLLECTOR_DEFAULTS", "EpisodeTracker", "make_collector", "make_env_fn"]
+__all__ = ["COLLECTOR_DEFAULTS", "EpisodeTracker", "dataset_envs", "make_collector", "make_env_fn"]
 
 #: The keys of a collector config group and their defaults (see the module docstring).
 COLLECTOR_DEFAULTS: dict[str, Any] = {
@@ -312,3 +312,35 @@ class EpisodeTracker:
         # Running returns are not restored: a resumed run starts fresh episodes.
         self.episodes = int(state["episodes"])
         self._returns = self._lengths = None
+
+
+def dataset_envs(
+    name: str | None, dataset: Any, *, device: Any = None, max_episode_steps: int | None = None, seed: int = 0
+) -> tuple[Any, Any]:
+    """The training and evaluation envs of a recipe that learns from a dataset, built from the dataset and seeded.
+
+    Training env: the dataset's observation normalisation and reward transform, so fresh transitions are in the
+    units the critic learned, plus the raw reward in ("next", "raw_reward") so training-episode returns are logged
+    in the reference scores' units. Evaluation env: the same observations, raw rewards. Seeds ``seed`` and the next
+    one (``seed_env``'s convention), so the two envs draw different streams.
+
+    Args:
+        name: the gymnasium env id, or None for the env the dataset was collected in.
+        dataset: an ``OfflineReplayBuffer`` (``load_dataset``), or None for plain envs.
+        device: where the envs put their tensors.
+        max_episode_steps: episode limit (None: the env's own).
+        seed: the training env's seed.
+
+    Example:
+        >>> env, eval_env = dataset_envs("Pendulum-v1", None, max_episode_steps=3, seed=0)
+        >>> [("next", "raw_reward") in e.rollout(3).keys(True) for e in (env, eval_env)]
+        [True, False]
+    """
+    from diffrl.envs import make_env
+    from diffrl.train.seeding import seed_env
+
+    options = {"from_dataset": dataset, "device": device, "max_episode_steps": max_episode_steps}
+    env = make_env(name, keep_raw_reward=True, **options)
+    eval_env = make_env(name, transform_reward=False, **options)
+    seed_env(eval_env, seed_env(env, seed))
+    return env, eval_env

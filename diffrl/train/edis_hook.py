@@ -1,6 +1,6 @@
-"""EDIS in the offline-to-online loop: the synthetic pool regenerated at the switch and every K online env steps.
+"""EDIS in the offline-to-online loop: the generator refitted at the switch and every K online env steps.
 
-ALGORITHMS.md section 5 ("Loop"), on :class:`~diffrl.train.o2o.OfflineToOnline`:
+The schedule of the EDIS paper (docs/algorithms.md, "EDIS"), on :class:`~diffrl.train.trainer.Trainer`:
 
 1. at the switch, the EDIS transform becomes the loop's batch transform (``loop.mixer.transform``): from then on every
    online batch of B has exactly ``round(synthetic_fraction * B)`` synthetic rows, the other rows drawn as the loop
@@ -10,14 +10,14 @@ ALGORITHMS.md section 5 ("Loop"), on :class:`~diffrl.train.o2o.OfflineToOnline`:
 2. every ``every`` online env steps the diffusion model is retrained from scratch on offline + online data, the
    energies (kept across retrains) on the online data with the current policy, and the pool is regenerated, guided;
 3. optionally ``extra_updates`` updates on purely synthetic batches right after each regeneration: the official
-   IQL+EDIS code's only use of synthetic data (20 per retrain; defect d of ALGORITHMS.md, kept as an option).
+   IQL+EDIS code's only use of synthetic data (20 per retrain; docs/algorithms.md explains why the default mixes
+   synthetic rows into every online batch instead).
 
 A regeneration at the very last online step is skipped: no update would use it.
 
-Resuming: put the hook among the loop's ``checkpoint`` objects. It saves the transform's models (denoiser, EMA,
-normaliser, energies); a resumed online phase draws a fresh pool from them instead of refitting. The pool itself, the
-energies' Adam moments and the transform's generator are not checkpointed, so a resumed run is statistically, not
-bitwise, the same as an uninterrupted one.
+Resuming: put the hook among the trainer's ``checkpoint`` objects. It saves the transform's models (denoiser, EMA,
+normaliser, energies), the current pool and the transform's generator, so a resumed online phase draws exactly the
+synthetic rows the uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from diffrl.train.config import ConfigError
-from diffrl.train.o2o import O2OHook
+from diffrl.train.trainer import Hook
 
 __all__ = ["EDISHook", "build_edis"]
 
@@ -63,7 +63,7 @@ def build_edis(cfg: Mapping[str, Any], *, obs_dim: int, action_dim: int, device:
         raise ConfigError(f"invalid edis config: {err}") from err
 
 
-class EDISHook(O2OHook):
+class EDISHook(Hook):
     """Fit EDIS at the switch and every ``every`` online env steps, and feed its pool to every online batch.
 
     See the module docstring for the schedule. Pass the hook to the loop twice: in ``hooks`` and in ``checkpoint``.
@@ -91,7 +91,7 @@ class EDISHook(O2OHook):
                 f"EDIS retrain interval and extra updates must be >= 0, got every={every}, "
                 f"extra_updates={extra_updates}"
             )
-        super().__init__(on_switch=self.start, on_interval=self.regenerate, every=int(every))
+        super().__init__(on_switch=self.start, on_interval=self.refit, every=int(every))
         self.edis = edis
         self.policy = policy
         self.extra_updates = int(extra_updates)
@@ -109,7 +109,7 @@ class EDISHook(O2OHook):
         loop.mixer.transform = self.edis
         if int(self.edis.num_fits) == 0:
             self._fit(loop)
-        elif self.edis.pool is None:  # resumed: the models came back from the checkpoint, the pool did not
+        elif self.edis.pool is None:  # resumed from a checkpoint without a pool: draw one from the restored models
             start = time.perf_counter()
             self.edis.refresh()
             self._say(
@@ -117,8 +117,8 @@ class EDISHook(O2OHook):
                 f"{time.perf_counter() - start:.1f} s"
             )
 
-    def regenerate(self, loop: Any) -> None:
-        """Every ``every`` online env steps: retrain on offline + online data, regenerate the pool."""
+    def refit(self, loop: Any) -> None:
+        """Every ``every`` online env steps: retrain on offline + online data, draw a new pool."""
         if loop.step >= loop.settings.total_steps:
             return  # the run ends here: nobody would sample this pool
         self._fit(loop)
@@ -157,10 +157,20 @@ class EDISHook(O2OHook):
     # ------------------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """The transform's models and the hook's counters (see the module docstring for what is not saved)."""
-        return {"transform": self.edis.state_dict(), "regenerations": self.regenerations, "seconds": self.seconds}
+        state = {"transform": self.edis.state_dict(), "regenerations": self.regenerations, "seconds": self.seconds}
+        pool, generator = getattr(self.edis, "_pool", None), getattr(self.edis, "_generator", None)
+        if pool is not None:
+            state["pool"] = pool
+        if generator is not None:
+            state["generator"] = generator.get_state()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved; the next :meth:`start` draws a pool from the restored models."""
         self.edis.load_state_dict(state["transform"])
         self.regenerations = int(state["regenerations"])
         self.seconds = float(state["seconds"])
+        if "pool" in state and hasattr(self.edis, "_pool"):
+            self.edis._pool = state["pool"]
+        if "generator" in state and getattr(self.edis, "_generator", None) is not None:
+            self.edis._generator.set_state(state["generator"])

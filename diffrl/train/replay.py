@@ -1,6 +1,6 @@
 """Replay for offline-to-online training: batches mixed from several buffers, and the online buffer.
 
-:class:`BatchMixer` is what online batches of :class:`~diffrl.train.o2o.OfflineToOnline` come from: exact per-batch
+:class:`BatchMixer` is what online batches of :class:`~diffrl.train.trainer.Trainer` come from: exact per-batch
 proportions of each source (CORL's Cal-QL: half offline, half online), or uniform sampling over the union of the
 sources (CORL's IQL keeps one buffer). Unlike TorchRL's ``OfflineToOnlineReplayBuffer`` it takes any number of named
 sources (EDIS adds a synthetic one), fractions of 0 and 1, and proportions changed at run time, and it checkpoints.
