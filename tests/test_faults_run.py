@@ -5,13 +5,18 @@ Fast cases only (tiny modules, no recipe runs); the recipe-level kill-and-resume
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
+import pickle
 import stat
 import threading
 
+import numpy as np
 import pytest
+import torch
 
+from diffrl.train.checkpoint import Checkpointer, CheckpointError
 from diffrl.train.files import atomic_write_text
 from diffrl.train.run import fresh_run_dir
 
@@ -77,3 +82,109 @@ def test_atomic_write_keeps_the_mode_of_a_replaced_file(tmp_path):
     path.chmod(0o640)
     atomic_write_text(path, "b")
     assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_text() == "b"
+
+
+# ------------------------------------------------------------------------------------------------ damaged checkpoints
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 1))
+
+
+def _saved(tmp_path, steps=(1, 2)):
+    ckpt = Checkpointer(tmp_path / "checkpoints", keep=None)
+    net, opt = _net(), None
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.ones(1, 64)).sum().backward()
+    opt.step()
+    for step in steps:
+        ckpt.save(step, net=net, opt=opt)
+    return ckpt, net, opt
+
+
+def test_every_checkpoint_has_a_sha256_digest_beside_it(tmp_path):
+    ckpt, _, _ = _saved(tmp_path)
+    for path in ckpt.checkpoints():
+        digest = path.with_name(path.name + ".sha256").read_text().split()
+        assert digest == [hashlib.sha256(path.read_bytes()).hexdigest(), path.name]  # sha256sum -c format
+
+
+def test_finite_bytes_written_into_the_newest_checkpoint_fall_back_to_the_previous(tmp_path, capsys):
+    ckpt, net, opt = _saved(tmp_path)
+    newest = ckpt.path_for(2)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 8192] = np.ones(2048, dtype=np.float32).tobytes()  # 8 KB of finite floats
+    newest.write_bytes(bytes(data))
+    fresh = _net(seed=1)
+    with pytest.warns(UserWarning, match=r"damaged checkpoint skipped: .*step_000000002\.pt.*step_000000001\.pt"):
+        state = Checkpointer(ckpt.directory).load(tmp_path, net=fresh, opt=torch.optim.Adam(fresh.parameters()))
+    assert state["step"] == 1 and state["path"] == ckpt.path_for(1)
+    assert torch.equal(fresh[0].weight, net[0].weight)
+    assert "warning: damaged checkpoint skipped" in capsys.readouterr().err
+
+
+def test_no_intact_checkpoint_is_one_error_naming_every_file(tmp_path):
+    ckpt, net, opt = _saved(tmp_path)
+    rng = np.random.default_rng(0)
+    for path in ckpt.checkpoints():
+        path.write_bytes(rng.bytes(path.stat().st_size))
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load(net=net, opt=opt)
+    message = str(info.value)
+    assert "\n" not in message and "step_000000001.pt" in message and "step_000000002.pt" in message
+    assert message.startswith("no intact checkpoint in")
+
+
+def test_a_checkpoint_with_non_finite_tensors_is_refused_even_with_a_valid_digest(tmp_path):
+    net = _net()
+    with torch.no_grad():
+        net[1].bias.fill_(float("nan"))
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(5, net=net)
+    with pytest.raises(CheckpointError, match=r"damaged: it holds non-finite values in objects\.net\.1\.bias"):
+        ckpt.load(net=_net())
+
+
+def test_a_checkpoint_without_digest_is_used_only_if_finite(tmp_path):
+    ckpt, net, opt = _saved(tmp_path, steps=(1,))
+    ckpt.path_for(1).with_name("step_000000001.pt.sha256").unlink()  # an older checkpoint format
+    with pytest.warns(UserWarning, match=r"has no digest"):
+        assert ckpt.load(net=net, opt=opt)["step"] == 1
+    state = torch.load(ckpt.path_for(1), weights_only=False)  # our own file
+    state["objects"]["opt"]["state"][0]["exp_avg"][0, 0] = float("inf")
+    torch.save(state, ckpt.path_for(1))
+    with pytest.raises(CheckpointError, match=r"non-finite values in objects\.opt\.state\.0\.exp_avg"):
+        ckpt.load(net=net, opt=opt)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path, how):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "checkpoints" / "step_000000007.pt"
+    path.parent.mkdir()
+    payload = {"format": "diffrl-checkpoint", "version": 1, "step": 7, "kinds": {}, "objects": {"x": _Payload(marker)}}
+    if how == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(CheckpointError) as info:
+        Checkpointer(path.parent).load(tmp_path)
+    assert not marker.exists()
+    assert "\n" not in str(info.value) and "; refused" in str(info.value)
+
+
+def test_a_checkpoint_of_another_recipe_is_refused_naming_both(tmp_path):
+    Checkpointer(tmp_path / "checkpoints", recipe="calql").save(3, net=_net())
+    with pytest.raises(
+        CheckpointError, match=r"written by recipe 'calql', not 'iql'; .*python recipes/calql\.py resume="
+    ):
+        Checkpointer(tmp_path / "checkpoints", recipe="iql").load(tmp_path, net=_net())

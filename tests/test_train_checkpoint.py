@@ -145,7 +145,8 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch, er
         ckpt.save(3, net=net)
     monkeypatch.undo()
 
-    assert sorted(os.listdir(tmp_path)) == ["step_000000001.pt", "step_000000002.pt"]  # no temporary left over
+    names = ["step_000000001.pt", "step_000000002.pt"]
+    assert sorted(os.listdir(tmp_path)) == sorted(names + [n + ".sha256" for n in names])  # no temporary left over
     assert good.read_bytes() == before
     assert ckpt.latest() == good
     ckpt.load(tmp_path, net=net)
@@ -180,8 +181,10 @@ def test_strict_load_names_forgotten_and_missing_objects(tmp_path):
     with pytest.raises(CheckpointError, match=r"no checkpoint in .*empty \(looked for step_\*\.pt"):
         ckpt.load(tmp_path / "empty", net=net)
     (tmp_path / "step_000000009.pt").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*step_000000009.pt"):
-        ckpt.load(net=net, opt=opt)
+    with pytest.raises(CheckpointError, match=r"checkpoint .*step_000000009.pt is damaged: it "):
+        ckpt.load(tmp_path / "step_000000009.pt", net=net, opt=opt)
+    with pytest.warns(UserWarning, match=r"damaged checkpoint skipped: .*step_000000009.pt"):
+        assert ckpt.load(net=net, opt=opt)["step"] == 3  # a directory: the newest intact checkpoint
 
 
 def test_without_contents_restores_cursor_and_sampling(tmp_path):

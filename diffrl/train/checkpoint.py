@@ -10,16 +10,28 @@ full disk during a save leaves the previous checkpoints as they were. It holds, 
 * TorchRL environments: their ``state_dict`` (transform statistics) and their gymnasium generator state;
 * ``torch.Generator`` and ``numpy.random.Generator`` states;
 * any other picklable value (step counters, episode counts, best score), returned by :meth:`Checkpointer.load`;
-* always the global generators (Python, NumPy, torch CPU and CUDA), restored by default.
+* always the global generators (Python, NumPy, torch CPU and CUDA), restored by default;
+* the recipe that wrote it (``Checkpointer(recipe=...)``): another recipe cannot resume it.
 
-Checkpoints are Python pickles (``torch.load(weights_only=False)``): load only files you trust.
+Each checkpoint has a digest beside it, ``step_<step>.pt.sha256`` (``sha256sum -c`` reads it), written atomically
+after the checkpoint. Loading checks, before restoring anything, that the file matches its digest and that every
+floating-point tensor and array in it is finite; a directory (or ``resume=RUN_DIR``) resolves to its newest *intact*
+checkpoint, with a warning naming the damaged ones skipped. A checkpoint without a digest (written before digests
+existed, or by a save killed between the two files) is used only if it is finite, with a warning.
+
+Loading unpickles nothing but tensors and plain data (``torch.load(weights_only=True)``, plus NumPy arrays for the
+NumPy generator state): a crafted file cannot run code, it is refused as damaged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import re
+import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,15 +40,35 @@ import numpy as np
 import torch
 
 from diffrl.train.config import ConfigError
-from diffrl.train.files import atomic_write
+from diffrl.train.files import atomic_write, atomic_write_text
 from diffrl.train.seeding import env_rng_state, rng_state, set_env_rng_state, set_rng_state
 
-__all__ = ["CheckpointError", "Checkpointer", "latest_checkpoint", "find_checkpoint", "without_contents"]
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "latest_checkpoint",
+    "find_checkpoint",
+    "read_checkpoint",
+    "without_contents",
+]
 
 _FORMAT = "diffrl-checkpoint"
 _VERSION = 1
 _NAME_RE = re.compile(r"^step_(\d+)\.pt$")
 _RESERVED = ("step", "path")
+_DIGEST_SUFFIX = ".sha256"
+
+
+def _safe_globals() -> list[Any]:
+    # What torch's weights-only unpickler must accept beyond tensors and plain containers, and nothing more: NumPy
+    # arrays (the global NumPy generator state holds a uint32 array) and TensorDicts (replay-buffer storage). None of
+    # these can run code: _make_td only builds an instance of a class that is itself on this list and sets its state.
+    from tensordict import TensorDict
+    from tensordict._reductions import _make_td
+
+    core = np._core if hasattr(np, "_core") else np.core  # NumPy 2 renamed np.core
+    dtype_classes = [getattr(np.dtypes, name) for name in ("UInt32DType", "Float64DType", "Int64DType", "Float32DType")]
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, *dtype_classes, _make_td, TensorDict]
 
 
 class CheckpointError(ConfigError):
@@ -176,11 +208,12 @@ class Checkpointer:
         (30, 3, True)
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int | None = 2) -> None:
+    def __init__(self, directory: str | os.PathLike, keep: int | None = 2, *, recipe: str | None = None) -> None:
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise ConfigError(f"keep must be a positive integer or None (keep all), got {keep!r}")
         self.directory = Path(directory)
         self.keep = keep
+        self.recipe = recipe
 
     def path_for(self, step: int) -> Path:
         """The file a checkpoint at ``step`` is written to."""
@@ -201,7 +234,8 @@ class Checkpointer:
     def save(self, step: int, **objects: Any) -> Path:
         """Write a checkpoint of ``objects`` (by name) at ``step``; returns its path.
 
-        Global generator states are always included. The previous checkpoints stay intact if the save fails.
+        Global generator states are always included, and the recipe name if the checkpointer has one. The previous
+        checkpoints stay intact if the save fails. The digest ``<file>.sha256`` is written after the checkpoint.
         """
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")
@@ -217,8 +251,11 @@ class Checkpointer:
             "kinds": {name: kind for name, (kind, _) in packed.items()},
             "objects": {name: state for name, (_, state) in packed.items()},
             "rng": rng_state(),
+            "recipe": self.recipe,
         }
         path = atomic_write(self.path_for(step), lambda f: torch.save(payload, f))
+        # Hashed from the disk, not from memory: the digest vouches for what a later load will read.
+        atomic_write_text(_digest_path(path), f"{_sha256(path)}  {path.name}\n")
         self._prune(keep_path=path)
         return path
 
@@ -243,15 +280,20 @@ class Checkpointer:
             **objects: the objects to restore, by the names they were saved with.
 
         Returns:
-            ``{"step": int, "path": Path, **plain values saved}``.
+            ``{"step": int, "path": Path, **plain values saved}``; ``path`` is the checkpoint actually used (an older
+            one when the newest of a directory is damaged).
+
+        Raises:
+            CheckpointError: no intact checkpoint (the message names each file and what is wrong with it), a
+                checkpoint of another recipe, or objects that do not match.
         """
-        file = find_checkpoint(self.directory if path is None else path)
-        try:
-            payload = torch.load(file, map_location=map_location, weights_only=False)
-        except Exception as err:
-            raise CheckpointError(f"cannot read checkpoint {file}: {' '.join(str(err).split())}") from err
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise CheckpointError(f"{file} is not a diffrl checkpoint (written by Checkpointer.save)")
+        file, payload = read_checkpoint(self.directory if path is None else path, map_location=map_location)
+        written_by = payload.get("recipe")
+        if self.recipe and written_by and written_by != self.recipe:
+            raise CheckpointError(
+                f"{file} was written by recipe '{written_by}', not '{self.recipe}'; resume it with: "
+                f"python recipes/{written_by}.py resume={_run_dir_or_self(file)}"
+            )
         kinds, states = payload["kinds"], payload["objects"]
         missing = [name for name in objects if name not in states]
         forgotten = [name for name, kind in kinds.items() if kind != "value" and name not in objects]
@@ -288,6 +330,159 @@ class Checkpointer:
         old = [p for p in self.checkpoints() if p != keep_path]
         for path in old[: max(0, len(old) - (self.keep - 1))]:
             path.unlink(missing_ok=True)
+            _digest_path(path).unlink(missing_ok=True)
 
     def __repr__(self) -> str:
         return f"Checkpointer(directory={str(self.directory)!r}, keep={self.keep})"
+
+
+# ------------------------------------------------------------------------------------------------ verified reading
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + _DIGEST_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fileobj:
+        for block in iter(lambda: fileobj.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _run_dir_or_self(file: Path) -> Path:
+    return file.parent.parent if file.parent.name == "checkpoints" else file
+
+
+class _Damaged(Exception):
+    """Why one checkpoint file cannot be used (a short phrase)."""
+
+
+def _candidates(path: Path) -> list[Path]:
+    # A file is taken as given; a directory offers its checkpoints newest first, so a damaged newest one is skipped.
+    if path.is_file():
+        return [path]
+    for directory in (path, path / "checkpoints"):
+        if directory.is_dir():
+            found = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME_RE.match(p.name)))
+            if found:
+                return [p for _, p in reversed(found)]
+    return [find_checkpoint(path)]  # raises the "not found" / "no checkpoint in" error
+
+
+def _first_non_finite(obj: Any, where: str) -> str | None:
+    if _is_tensor_collection(obj):
+        obj = obj.to_dict()
+    if isinstance(obj, torch.Tensor):
+        if (obj.is_floating_point() or obj.is_complex()) and obj.numel() and not bool(torch.isfinite(obj).all()):
+            return where
+    elif isinstance(obj, np.ndarray):
+        if obj.dtype.kind in "fc" and obj.size and not bool(np.isfinite(obj).all()):
+            return where
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if (found := _first_non_finite(value, f"{where}.{key}" if where else str(key))) is not None:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            if (found := _first_non_finite(value, f"{where}[{i}]")) is not None:
+                return found
+    return None  # numbers, strings, bytes: Python floats may be inf on purpose (a best score of -inf)
+
+
+def _is_tensor_collection(obj: Any) -> bool:
+    from tensordict import is_tensor_collection
+
+    return is_tensor_collection(obj)
+
+
+def _read_one(file: Path, map_location: Any) -> tuple[dict[str, Any], bool]:
+    """The verified payload of one checkpoint file and whether it had a digest; raises _Damaged."""
+    sidecar = _digest_path(file)
+    has_digest = sidecar.is_file()
+    if has_digest:
+        try:
+            expected = sidecar.read_text().split()[0].lower()
+        except (OSError, UnicodeDecodeError, IndexError):
+            raise _Damaged(f"its digest file {sidecar.name} is unreadable") from None
+        if _sha256(file) != expected:
+            raise _Damaged(f"its bytes do not match the sha256 in {sidecar.name}")
+    try:
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the refusal below says enough
+            payload = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError/EOFError/... on truncated or garbled files
+        text = str(err)
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
+            # The weights-only unpickler stopped at something that is not tensors or plain data: nothing was called.
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            if found:
+                raise _Damaged(
+                    f"it holds a Python object ({found.group(1)}), not only tensors and plain data; refused"
+                ) from None
+            found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+            what = f" ({found.group(1).strip()})" if found else ""
+            raise _Damaged(f"it is not a tensors-and-plain-data pickle{what}; refused") from None
+        raise _Damaged(f"it cannot be read ({_short(err)})") from None
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise _Damaged("it is not a diffrl checkpoint (written by Checkpointer.save)")
+    bad = _first_non_finite({"objects": payload.get("objects"), "rng": payload.get("rng")}, "")
+    if bad is not None:
+        raise _Damaged(f"it holds non-finite values in {bad}")
+    return payload, has_digest
+
+
+def _short(err: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]]:
+    """Read and verify a checkpoint without restoring anything: ``(file used, payload)``.
+
+    ``path`` is a checkpoint file, a checkpoint directory or a run directory (its newest intact checkpoint; damaged
+    newer ones are skipped with a warning naming them). Verification: the sha256 digest beside the file, only tensors
+    and plain data unpickled, every floating-point tensor and array finite.
+
+    Raises:
+        CheckpointError: no intact checkpoint; the message names every file tried and what is wrong with it.
+
+    Example:
+        >>> import tempfile
+        >>> ckpt = Checkpointer(tempfile.mkdtemp())
+        >>> for step in (1, 2):
+        ...     _ = ckpt.save(step, net=torch.nn.Linear(1, 1))
+        >>> _ = ckpt.path_for(2).write_bytes(b"garbage")        # the newest is damaged: the previous one is used
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     file, payload = read_checkpoint(ckpt.directory)
+        >>> file.name, payload["step"]
+        ('step_000000001.pt', 1)
+    """
+    skipped: list[tuple[Path, str]] = []
+    for file in _candidates(Path(path)):
+        try:
+            payload, has_digest = _read_one(file, map_location)
+        except _Damaged as why:
+            skipped.append((file, str(why)))
+            continue
+        if skipped:
+            damaged = "; ".join(f"{p} ({why})" for p, why in skipped)
+            _warn(f"damaged checkpoint skipped: {damaged}; resuming from the previous one, {file}")
+        if not has_digest:
+            _warn(f"checkpoint {file} has no digest ({file.name}{_DIGEST_SUFFIX}); used because its tensors are finite")
+        return file, payload
+    if len(skipped) == 1:
+        file, why = skipped[0]
+        raise CheckpointError(f"checkpoint {file} is damaged: {why}; resume from another checkpoint or start a new run")
+    listed = "; ".join(f"{p.name} ({why})" for p, why in skipped)
+    raise CheckpointError(
+        f"no intact checkpoint in {skipped[0][0].parent}: {listed}; restore one from a backup or start a new run"
+    )
