@@ -22,7 +22,21 @@ from typing import Any
 
 import torch
 
-__all__ = ["make_env", "make_parallel_env"]
+from diffrl.train.config import ConfigError
+
+__all__ = ["EnvConfigError", "make_env", "make_parallel_env"]
+
+
+class EnvConfigError(ConfigError):
+    """An env that cannot be made, or that does not match the dataset it is paired with (one line; exit 2 in recipes).
+
+    Example:
+        >>> try:
+        ...     make_env("Pendulum-v0")
+        ... except EnvConfigError as err:
+        ...     print(str(err)[:40])
+        cannot make gymnasium env 'Pendulum-v0':
+    """
 
 
 def _gym_env(name: str, max_episode_steps: int | None, env_kwargs: dict | None, device: Any):
@@ -33,7 +47,9 @@ def _gym_env(name: str, max_episode_steps: int | None, env_kwargs: dict | None, 
     try:
         env = gym.make(name, max_episode_steps=max_episode_steps, **(env_kwargs or {}))
     except gym.error.Error as err:
-        raise ValueError(f"cannot make gymnasium env {name!r}: {err}. Check the id (e.g. 'Pendulum-v1').") from err
+        raise EnvConfigError(
+            f"cannot make gymnasium env {name!r}: {' '.join(str(err).split())} Check the id (e.g. 'Pendulum-v1')."
+        ) from None
     if isinstance(env.observation_space, (gym.spaces.Dict, gym.spaces.Tuple)):
         env = gym.wrappers.FlattenObservation(env)
     return GymWrapper(env, device=device)
@@ -44,7 +60,7 @@ def _resolve(name, from_dataset, obs_mean, obs_std, normalize_obs, reward_scale,
     if name is None:
         name = getattr(from_dataset, "env_id", None)
         if name is None:
-            raise ValueError(
+            raise EnvConfigError(
                 "make_env needs an env name: pass name='Pendulum-v1', or a dataset that records its env "
                 f"(from_dataset={getattr(from_dataset, 'dataset_id', from_dataset)!r} records none)."
             )
@@ -79,18 +95,24 @@ def _transforms(env, name, from_dataset, obs_mean, obs_std, scale, bias, keep_ra
     )
 
     obs_dim = int(env.observation_spec["observation"].shape[-1])
-    if from_dataset is not None and getattr(from_dataset, "obs_dim", obs_dim) != obs_dim:
-        raise ValueError(
-            f"dataset {getattr(from_dataset, 'dataset_id', '?')!r} has observations of size {from_dataset.obs_dim} "
-            f"but env {name!r} observes size {obs_dim}. Use the env the dataset was collected in "
-            f"({getattr(from_dataset, 'env_id', None)!r}) or a dataset of {name!r}."
-        )
+    action_dim = int(env.action_spec.shape[-1]) if env.action_spec.shape else 1
+    if from_dataset is not None:
+        data_obs, data_act = getattr(from_dataset, "obs_dim", obs_dim), getattr(from_dataset, "action_dim", action_dim)
+        if (data_obs, data_act) != (obs_dim, action_dim):
+            env.close()
+            data_env = getattr(from_dataset, "env_id", None)
+            raise EnvConfigError(
+                f"env {name!r} (observation ({obs_dim},), action ({action_dim},)) does not match dataset "
+                f"{getattr(from_dataset, 'dataset_id', '?')!r} (observation ({data_obs},), action ({data_act},)), "
+                f"collected in {data_env!r}. Fix: use the dataset's env (recipes: env.name=null) or a dataset "
+                f"recorded in {name!r}."
+            )
     transforms = [DoubleToFloat()]
     if obs_mean is not None:
         loc = torch.as_tensor(obs_mean, dtype=torch.float32, device=env.device).reshape(-1)
         std = torch.as_tensor(obs_std, dtype=torch.float32, device=env.device).reshape(-1)
         if loc.numel() != obs_dim or std.numel() != obs_dim:
-            raise ValueError(
+            raise EnvConfigError(
                 f"obs_mean/obs_std have {loc.numel()}/{std.numel()} entries but env {name!r} observes size {obs_dim}."
             )
         transforms.append(ObservationNorm(loc=loc, scale=std, in_keys=["observation"], standard_normal=True))
@@ -132,7 +154,8 @@ def make_env(
         transform_reward: False leaves rewards raw (e.g. for an evaluation env whose returns are reported).
         keep_raw_reward: also write the raw reward to ("next", "raw_reward").
         max_episode_steps: episode limit (gymnasium ``TimeLimit``); default the env's own.
-        from_dataset: an :class:`~diffrl.data.OfflineReplayBuffer`; its observation size must match the env's.
+        from_dataset: an :class:`~diffrl.data.OfflineReplayBuffer`; its observation and action sizes must match the
+            env's (else :class:`EnvConfigError`, naming both shapes, before anything runs).
         env_kwargs: extra ``gym.make`` arguments.
 
     Example:

@@ -15,6 +15,7 @@ from diffrl.data import DatasetCorruptedError, DatasetNotFoundError, load_datase
 from diffrl.data.paths import dataset_dir, local_dataset_ids
 from diffrl.data.reading import CACHE_DIR
 from diffrl.data.writing import STAGING_DIR, write_episodes
+from diffrl.train.config import ConfigError
 
 OBS_SPACE = gym.spaces.Box(-10.0, 10.0, shape=(3,), dtype=np.float32)
 ACT_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
@@ -209,15 +210,31 @@ def test_unknown_dataset_lists_sources_tried_and_local_datasets(synthetic):
     with pytest.raises(DatasetNotFoundError) as info:
         load_dataset("nobody/unknown/thing-v0")
     message = str(info.value)
+    assert "\n" not in message  # one line: a recipe prints it as is
     assert "'nobody/unknown/thing-v0' was not found" in message
-    assert "local Minari datasets: no directory" in message
-    assert "registered generators: none named 'nobody/unknown/thing-v0'" in message
+    assert "local Minari datasets (no directory" in message
+    assert "registered generators (none named 'nobody/unknown/thing-v0')" in message
     assert "diffrl/pendulum/medium-v0" in message  # the registered names are listed
     assert "minari.download_dataset" in message
     assert synthetic[0] in message  # the local datasets are listed
-    assert isinstance(info.value, FileNotFoundError)
-    with pytest.raises(DatasetNotFoundError, match="skipped \\(download=False\\)"):
+    assert "MINARI_DATASETS_PATH" in message
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ConfigError)  # exit 2 in recipes
+    with pytest.raises(DatasetNotFoundError, match="skipped: download=False"):
         load_dataset("nobody/unknown/thing-v0", download=False, build=False)
+
+
+def test_suggestions_name_each_dataset_once(synthetic):
+    """A built generator's id is local and registered at once; the suggestion names it once."""
+    from diffrl import registry
+
+    registry.register("dataset", synthetic[0], lambda **options: None)
+    try:
+        with pytest.raises(DatasetNotFoundError) as info:
+            load_dataset("test/synthetic/mixd-v0", build=False, download=False)
+    finally:
+        registry.unregister("dataset", synthetic[0])
+    assert str(info.value).count(f"'{synthetic[0]}'") == 1
+    assert f"Did you mean '{synthetic[0]}'" in str(info.value)
 
 
 def test_close_ids_are_suggested_and_malformed_ids_rejected():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torchrl.envs.utils import step_mdp
 
 from diffrl.data import load_dataset, make_dataset
-from diffrl.envs import make_env, make_parallel_env
+from diffrl.envs import EnvConfigError, make_env, make_parallel_env
+from diffrl.train.config import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +75,19 @@ def test_explicit_statistics_and_reward_options_win():
 
 def test_dataset_observation_size_must_match_the_env(pendulum_data):
     rb = load_dataset(pendulum_data)
-    with pytest.raises(ValueError, match=r"test-envs/pendulum/random-v0.*size 3.*'Hopper-v5' observes size 11"):
+    with pytest.raises(EnvConfigError) as info:
         make_env("Hopper-v5", from_dataset=rb)
+    assert str(info.value).startswith(
+        "env 'Hopper-v5' (observation (11,), action (3,)) does not match dataset 'test-envs/pendulum/random-v0' "
+        "(observation (3,), action (1,)), collected in 'Pendulum-v1'. Fix: use the dataset's env"
+    )
+    assert isinstance(info.value, ConfigError)  # recipes print it as one line and exit 2
+
+
+def test_dataset_action_size_must_match_the_env():
+    fake = SimpleNamespace(obs_dim=3, action_dim=2, dataset_id="fake/two-actions-v0", env_id="Fake-v0")
+    with pytest.raises(EnvConfigError, match=r"action \(1,\)\) does not match .*\(observation \(3,\), action \(2,\)\)"):
+        make_env("Pendulum-v1", from_dataset=fake)
 
 
 def test_bad_arguments_name_the_fix():

@@ -92,3 +92,58 @@ def test_drop_option_refuses_when_every_episode_is_damaged():
         warnings.simplefilter("error")
         with pytest.raises(DatasetValueError, match="every episode"):
             load_dataset(dataset_id, drop_nonfinite_episodes=True)
+
+
+def _recipe_error(recipe: str, args: list[str], capsys) -> tuple[int, str]:
+    """Run ``recipes/<recipe>.py`` in this process as its ``__main__`` does (run_recipe), return (exit code, stderr)."""
+    import importlib.util
+
+    import torch
+
+    from diffrl.train.config import run_recipe
+
+    path = ROOT / "recipes" / f"{recipe}.py"
+    spec = importlib.util.spec_from_file_location(f"recipe_{recipe}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    capsys.readouterr()
+    try:
+        run_recipe(module.main, path, args)
+    except SystemExit as exit:
+        return exit.code, capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)  # recipes set their own thread count
+    return 0, capsys.readouterr().err
+
+
+def test_recipes_refuse_bad_data_requests_with_one_line_and_exit_2(tmp_path, capsys):
+    """Unknown dataset id, env/dataset mismatch, unknown loss option, NaN data: one `error:` line, status 2."""
+    good = "test/faults/recipe-v0"
+    if not dataset_dir(good).exists():
+        random_pendulum_dataset(good, 1)
+    nan = _damaged("test/faults/recipe-nan-v0", 0, "rewards", (3,), np.nan, num_episodes=1)
+    cases = {
+        "unknown": (
+            ["iql", "data.dataset_id=nobody/pendulum/nothing-v0"],
+            "error: dataset 'nobody/pendulum/nothing-v0' was not found; tried: local Minari datasets",
+        ),
+        "mismatch": (
+            ["calql", f"data.dataset_id={good}", "env.name=Hopper-v5"],
+            f"error: env 'Hopper-v5' (observation (11,), action (3,)) does not match dataset '{good}' "
+            "(observation (3,), action (1,))",
+        ),
+        "option": (
+            ["calql", f"data.dataset_id={good}", "+loss.foo=1"],
+            "error: loss 'cal_ql' has no option 'foo'; accepted options: num_qvalue_nets,",
+        ),
+        "nan": (
+            ["iql", f"data.dataset_id={nan}"],
+            f"error: dataset '{nan}' holds bad values: reward: 1 non-finite (first at episode 0 step 3)",
+        ),
+    }
+    for key, ((recipe, *args), expected) in cases.items():
+        code, stderr = _recipe_error(recipe, [*args, f"logger.dir={tmp_path / key}"], capsys)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert code == 2, f"{key}: exit {code}, stderr: {stderr[-2000:]}"
+        assert len(lines) == 1 and lines[0].startswith(expected), f"{key}: {stderr[-2000:]}"

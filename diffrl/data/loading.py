@@ -169,7 +169,7 @@ def _try_generator(dataset_id: str, tried: list[str]) -> bool:
     try:
         generator = registry.get("dataset", dataset_id)
     except LookupError:
-        tried.append(f"registered generators: none named {dataset_id!r} (registered: {_registered_ids()})")
+        tried.append(f"registered generators (none named {dataset_id!r})")
         return False
     try:
         generator()
@@ -184,7 +184,8 @@ def _try_download(dataset_id: str, tried: list[str]) -> bool:
     try:
         minari.download_dataset(dataset_id)
     except Exception as err:  # network, missing remote extras, unknown remote id: all mean "not available"
-        tried.append(f"minari.download_dataset: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        reason = " ".join(str(err).split())[:200]
+        tried.append(f"minari.download_dataset ({type(err).__name__}{': ' + reason if reason else ''})")
         return False
     return True
 
@@ -193,23 +194,25 @@ def _find(dataset_id: str, *, build: bool, download: bool) -> Path:
     path = dataset_dir(dataset_id)
     if path.exists():
         return path  # complete or not: read_dataset reports a partial directory rather than hiding it
-    tried = [f"local Minari datasets: no directory {path}"]
+    tried = [f"local Minari datasets (no directory {path})"]
     if build and _try_generator(dataset_id, tried) and path.exists():
         return path
     if not build:
-        tried.append("registered generators: skipped (build=False)")
+        tried.append("registered generators (skipped: build=False)")
     if download and _try_download(dataset_id, tried) and path.exists():
         return path
     if not download:
-        tried.append("minari download: skipped (download=False)")
-    local = local_dataset_ids()
-    close = difflib.get_close_matches(dataset_id, local + _registered_ids(), n=3, cutoff=0.6)
-    hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        tried.append("minari download (skipped: download=False)")
+    local, registered = local_dataset_ids(), _registered_ids()
+    known = list(dict.fromkeys(local + registered))  # a built generator's id is both local and registered: once
+    close = difflib.get_close_matches(dataset_id, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    not_built = [name for name in registered if name not in local]
     raise DatasetNotFoundError(
-        f"dataset {dataset_id!r} was not found. Tried:\n  - " + "\n  - ".join(tried) + "\n"
-        f"Local datasets (in {datasets_root()}): {local or 'none'}.\n{hint}"
-        "Fix: check the id, build it with diffrl.data.make_dataset / `python -m diffrl.data make`, or set "
-        "MINARI_DATASETS_PATH to the directory holding it."
+        f"dataset {dataset_id!r} was not found; tried: {'; '.join(tried)}.{hint} Available: local (in "
+        f"{datasets_root()}): {', '.join(local) or 'none'}; registered, built on first use: "
+        f"{', '.join(not_built) or 'none'}. Fix: check the id (data.dataset_id in recipes), build it with "
+        "`python -m diffrl.data make`, or set MINARI_DATASETS_PATH to the directory holding it."
     )
 
 
