@@ -164,6 +164,7 @@ def q(
     obs_dim: int,
     action_dim: int,
     *,
+    num_nets: int = 1,
     hidden_sizes: Sequence[int] = (256, 256, 256),
     activation: str = "mish",
     init: str = "default",
@@ -172,8 +173,9 @@ def q(
 ) -> TensorDictModule:
     """A single Q network writing ``state_action_value`` ``[*B, 1]``: the ``qvalue_network`` of TorchRL's losses.
 
-    Options as ``twin_q``. A non-default ``init`` reaches only this network, not the copies a TorchRL loss draws
-    from it (see the module docstring).
+    Options as ``twin_q``; ``num_nets`` is accepted only as 1 (so a config can switch between ``q`` and ``twin_q``
+    and get a clear error rather than an unexpected-keyword one). A non-default ``init`` reaches only this network,
+    not the copies a TorchRL loss draws from it (see the module docstring).
 
     Example:
         >>> import torch
@@ -183,6 +185,8 @@ def q(
         >>> critic(td)["state_action_value"].shape
         torch.Size([4, 1])
     """
+    if num_nets != 1:
+        raise ValueError(f"critic 'q' is a single network, got num_nets={num_nets!r}; use name: twin_q for an ensemble.")
     return twin_q(
         obs_dim,
         action_dim,
