@@ -186,7 +186,7 @@ def q(
         torch.Size([4, 1])
     """
     if num_nets != 1:
-        raise ValueError(f"critic 'q' is a single network, got num_nets={num_nets!r}; use name: twin_q for an ensemble.")
+        raise ValueError(f"critic 'q' is one network, got num_nets={num_nets!r}; use name: twin_q for an ensemble.")
     return twin_q(
         obs_dim,
         action_dim,
