@@ -64,12 +64,26 @@ def test_make_builds_registered_generators(monkeypatch, capsys):
         (["make", "cli/x/y-v0", "--env", "Pendulum-v1"], "exactly one of --num-steps and --num-episodes"),
         (["make", "cli/x/y-v0", "--env", "Pendulum-v1", "--num-steps", "5", "--policy", "nocolon"], "--policy must"),
         (["info", "cli/missing/thing-v0"], "no local dataset 'cli/missing/thing-v0'"),
+        (["make", "cli/x/y-v0", "--env", "Pendulum-v1", "--num-steps", "0"], "--num-steps must be a positive number"),
+        (["make", "cli/x/y-v0", "--env", "Pendulum-v1", "--num-episodes", "-2"], "of episodes to record, got -2."),
     ],
 )
 def test_errors_are_one_clear_message(argv, message, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+    assert err.count("\n") == 1 and "None" not in err
+
+
+def test_library_rejects_non_positive_budgets_by_name():
+    from diffrl.data.writing import make_dataset
+
+    with pytest.raises(
+        ValueError, match=r"num_steps must be a positive integer \(the number of steps to record\), got 0\."
+    ):
+        make_dataset("Pendulum-v1", "random", "cli/zero/steps-v0", num_steps=0)
+    with pytest.raises(ValueError, match=r"num_episodes must be .* got 0\.$"):
+        make_dataset("Pendulum-v1", "random", "cli/zero/episodes-v0", num_episodes=0)
 
 
 def test_module_entry_point_runs(minari_tmp_path):

@@ -7,18 +7,21 @@ unknown id, the dataset of another env, a read-only datasets root.
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from pathlib import Path
 
+import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
 from recipe_runner import random_pendulum_dataset
 
-from diffrl.data import load_dataset
-from diffrl.data.paths import dataset_dir
+from diffrl.data import load_dataset, make_dataset
+from diffrl.data.paths import DatasetWriteError, dataset_dir, datasets_path_override
 from diffrl.data.reading import DatasetValueError
+from diffrl.data.writing import write_episodes
 from diffrl.train.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,3 +150,61 @@ def test_recipes_refuse_bad_data_requests_with_one_line_and_exit_2(tmp_path, cap
         lines = [line for line in stderr.splitlines() if line.strip()]
         assert code == 2, f"{key}: exit {code}, stderr: {stderr[-2000:]}"
         assert len(lines) == 1 and lines[0].startswith(expected), f"{key}: {stderr[-2000:]}"
+
+
+def _tiny_episode():
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    return EpisodeBuffer(
+        observations=np.zeros((3, 1), np.float32),
+        actions=np.zeros((2, 1), np.float32),
+        rewards=np.array([1.0, 2.0]),
+        terminations=np.array([False, True]),
+        truncations=np.array([False, False]),
+    )
+
+
+def test_read_only_datasets_root_is_one_line_naming_the_directory_and_the_fix(tmp_path):
+    root = tmp_path / "read-only"
+    root.mkdir()
+    root.chmod(0o555)
+    try:
+        if os.access(root, os.W_OK):
+            pytest.skip("chmod 0o555 does not stop this user (root) from writing")
+        with datasets_path_override(root):
+            with pytest.raises(DatasetWriteError) as info:
+                make_dataset("Pendulum-v1", "random", "test/faults/read-only-v0", num_steps=10)
+    finally:
+        root.chmod(0o755)
+    message = str(info.value)
+    assert message.startswith(f"cannot write datasets in {root} (no write permission). Fix: point MINARI_DATASETS_PATH")
+    assert isinstance(info.value, ConfigError)
+
+
+def test_failed_dataset_write_names_the_directory_and_leaves_nothing(tmp_path, monkeypatch):
+    """Also where chmod does not bite (root): the OS refuses the staging directory, as a read-only mount would."""
+    import pathlib
+
+    root = tmp_path / "refusing"
+    root.mkdir()
+    real_mkdir = pathlib.Path.mkdir
+
+    def refusing_mkdir(self, *args, **kwargs):
+        if root in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", refusing_mkdir)
+    space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    with datasets_path_override(root):
+        with pytest.raises(DatasetWriteError) as info:
+            write_episodes("test/faults/refused-v0", [_tiny_episode()], observation_space=space, action_space=space)
+    assert str(info.value).startswith(f"cannot write datasets in {root} (PermissionError: Permission denied). Fix:")
+    assert "MINARI_DATASETS_PATH" in str(info.value) and "\n" not in str(info.value)
+    assert list(root.iterdir()) == []
+    # make_dataset checks before collecting anything
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with datasets_path_override(root), pytest.raises(DatasetWriteError, match="no write permission"):
+        make_dataset(
+            "Pendulum-v1", lambda obs: pytest.fail("collected before checking"), "test/faults/x-v0", num_steps=5
+        )

@@ -57,6 +57,9 @@ def _make(args: argparse.Namespace) -> int:
 
         if (args.num_steps is None) == (args.num_episodes is None):
             raise ValueError("pass exactly one of --num-steps and --num-episodes with --env.")
+        for flag, value in (("--num-steps", args.num_steps), ("--num-episodes", args.num_episodes)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{flag} must be a positive number of {flag[6:]} to record, got {value}.")
         dataset = make_dataset(
             args.env,
             _load_policy(args.policy),

@@ -11,9 +11,52 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["datasets_root", "dataset_dir", "check_dataset_id", "local_dataset_ids", "datasets_path_override"]
+from diffrl.train.config import ConfigError
+
+__all__ = [
+    "DatasetWriteError",
+    "datasets_root",
+    "dataset_dir",
+    "check_dataset_id",
+    "check_writable",
+    "local_dataset_ids",
+    "datasets_path_override",
+]
 
 ENV_VAR = "MINARI_DATASETS_PATH"
+
+
+class DatasetWriteError(OSError, ConfigError):
+    """The datasets directory cannot be written (read-only, no permission, full): one line naming it and the fix."""
+
+
+def write_error(
+    directory: str | os.PathLike, err: OSError | None = None, what: str = "write datasets"
+) -> DatasetWriteError:
+    """The one-line :class:`DatasetWriteError` for ``directory`` (``err``: the OS error that showed it).
+
+    Example:
+        >>> err = write_error("/data", PermissionError(13, "Permission denied"))
+        >>> str(err).startswith("cannot write datasets in /data (PermissionError: Permission denied). Fix: point")
+        True
+    """
+    reason = f" ({type(err).__name__}: {err.strerror or err})" if err is not None else " (no write permission)"
+    return DatasetWriteError(
+        f"cannot {what} in {directory}{reason}. Fix: point {ENV_VAR} at a writable directory "
+        f"(now {os.environ.get(ENV_VAR, 'unset: ~/.minari/datasets')}), or make {directory} writable."
+    )
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Raise :class:`DatasetWriteError` if this process cannot create files in ``directory`` (checked up front, so a
+    long collection does not end in a failed write).
+
+    Example:
+        >>> import tempfile
+        >>> check_writable(tempfile.mkdtemp())
+    """
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise write_error(directory)
 
 
 def datasets_root() -> Path:
@@ -27,7 +70,10 @@ def datasets_root() -> Path:
     """
     from minari.storage.datasets_root_dir import get_dataset_path
 
-    return Path(get_dataset_path())
+    try:
+        return Path(get_dataset_path())  # creates the directory when missing
+    except OSError as err:
+        raise write_error(err.filename or os.environ.get(ENV_VAR, "~/.minari/datasets"), err, "create") from None
 
 
 def dataset_dir(dataset_id: str) -> Path:

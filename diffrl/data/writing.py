@@ -20,9 +20,16 @@ import gymnasium as gym
 import numpy as np
 from minari.data_collector.episode_buffer import EpisodeBuffer
 
-from diffrl.data.paths import check_dataset_id, datasets_root
+from diffrl.data.paths import DatasetWriteError, check_dataset_id, check_writable, datasets_root, write_error
 
-__all__ = ["make_dataset", "write_episodes", "rollout_episodes", "as_numpy_policy", "average_return"]
+__all__ = [
+    "DatasetWriteError",
+    "make_dataset",
+    "write_episodes",
+    "rollout_episodes",
+    "as_numpy_policy",
+    "average_return",
+]
 
 STAGING_DIR = ".diffrl-staging"  # hidden: Minari skips dot-directories when it lists datasets
 
@@ -104,8 +111,9 @@ def rollout_episodes(
         raise ValueError(
             f"pass exactly one of num_steps and num_episodes; got num_steps={num_steps}, num_episodes={num_episodes}."
         )
-    if (num_steps if num_steps is not None else num_episodes) <= 0:
-        raise ValueError(f"num_steps / num_episodes must be positive, got {num_steps or num_episodes}.")
+    name, value = ("num_steps", num_steps) if num_steps is not None else ("num_episodes", num_episodes)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer (the number of {name[4:]} to record), got {value!r}.")
     space = env.action_space
     low, high = (space.low, space.high) if isinstance(space, gym.spaces.Box) else (None, None)
     bar = None
@@ -269,6 +277,10 @@ def write_episodes(
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.rename(staging, final)
+    except (FileExistsError, DatasetWriteError):
+        raise
+    except OSError as err:  # read-only root, no permission, full disk: one line naming the directory and the fix
+        raise write_error(root, err) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return minari.MinariDataset(final / "data")
@@ -334,7 +346,8 @@ def make_dataset(
         env = gym.make(env, max_episode_steps=max_episode_steps, **(env_kwargs or {}))
     elif not isinstance(env, gym.Env):
         raise TypeError(f"env must be a gymnasium env id or a gymnasium.Env, got {type(env).__name__}.")
-    if (datasets_root() / dataset_id).exists() and not overwrite:  # fail before a long collection, not after
+    check_writable(datasets_root())  # fail before a long collection, not after
+    if (datasets_root() / dataset_id).exists() and not overwrite:
         raise FileExistsError(
             f"dataset {dataset_id!r} already exists. Pass overwrite=True, delete it first "
             f"(python -m diffrl.data delete {dataset_id}), or choose another id / version."
