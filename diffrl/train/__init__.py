@@ -27,7 +27,7 @@ losses), :mod:`~diffrl.train.edis_hook` (EDIS in the trainer), :mod:`~diffrl.tra
 imported here, it needs matplotlib), :mod:`~diffrl.train.files` (atomic writes).
 """
 
-from diffrl.train.checkpoint import CheckpointError, Checkpointer, find_checkpoint, latest_checkpoint, without_contents
+from diffrl.train.checkpoint import Checkpointer, CheckpointError, find_checkpoint, latest_checkpoint, without_contents
 from diffrl.train.collectors import EpisodeTracker, dataset_envs, make_collector, make_env_fn
 from diffrl.train.config import ConfigError, config_path, load_config, run_recipe, to_yaml
 from diffrl.train.evaluation import evaluate, normalized_score

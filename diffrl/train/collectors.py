@@ -306,12 +306,13 @@ class EpisodeTracker:
         return finished
 
     def state_dict(self) -> dict[str, Any]:
-        return {"episodes": self.episodes}
+        """The episode count and the running return and length of every env's episode in progress."""
+        return {"episodes": self.episodes, "returns": self._returns, "lengths": self._lengths}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        # Running returns are not restored: a resumed run starts fresh episodes.
+        # Without running returns (a multi-worker run whose workers start fresh episodes), counting restarts at 0.
         self.episodes = int(state["episodes"])
-        self._returns = self._lengths = None
+        self._returns, self._lengths = state.get("returns"), state.get("lengths")
 
 
 def dataset_envs(

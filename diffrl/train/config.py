@@ -5,7 +5,11 @@
 1. ``recipes/configs/iql.yaml`` (found next to the script, so recipes run from any working directory). This file is
    the *schema*: every key a run may set exists in it, with a default whose type is the key's type.
 2. With ``resume=RUN_DIR_OR_CHECKPOINT``: the ``config.yaml`` saved in that run replaces the defaults, so a resumed run
-   continues with the settings it started with (arguments given alongside ``resume=`` still override them).
+   continues with the settings it started with. Arguments given alongside ``resume=`` may change only what
+   :data:`RESUME_MAY_CHANGE` lists (budgets ``offline.steps``/``online.steps``, ``eval.*``, ``logger.*`` except
+   ``logger.dir``, ``device``, ``threads``, ``compile``); any other difference is refused before anything is written
+   (start a new run for it). The saved ``config.yaml`` is never rewritten: each successful resume appends what it
+   changed to ``resumes.yaml`` in the run directory. A run started by another recipe (its ``run.yaml``) is refused.
 3. ``config=FILE.yaml`` files, in order (looked up in the working directory, then in ``recipes/configs/``). A per-task
    file holds only what differs from the defaults.
 4. Dotted overrides ``a.b=value``; values are parsed as YAML (``3``, ``1e-3``, ``true``, ``[256, 256]``, ``null``).
@@ -26,10 +30,13 @@ from __future__ import annotations
 
 import copy
 import difflib
+import fnmatch
 import os
 import re
 import sys
+import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,13 +45,44 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["ConfigError", "load_config", "config_path", "run_recipe", "to_yaml"]
+__all__ = [
+    "ConfigError",
+    "ConfigOrigin",
+    "RESUME_MAY_CHANGE",
+    "RUN_RECORD",
+    "check_resume_changes",
+    "recipe_of_run",
+    "config_origin",
+    "config_path",
+    "load_config",
+    "resume_changes",
+    "resume_may_change",
+    "run_recipe",
+    "to_yaml",
+]
+
+# What a resumed run may set differently from the run it continues (the ``resume=`` contract). Dotted-key patterns
+# (``*`` matches within and across sections); a pattern starting with ``!`` takes keys back out. Everything else
+# (model, data, loss, optimiser, seed, env, EDIS...) defines the run: changing it would make the checkpoint restore
+# into a different experiment, so it is refused and the user is told to start a new run instead.
+RESUME_MAY_CHANGE: tuple[str, ...] = (
+    "resume",
+    "offline.steps",  # budgets: continue for longer (or stop earlier)
+    "online.steps",
+    "eval.*",  # evaluation frequency, episodes, exploration
+    "logger.*",  # logging and checkpoint frequency, backend...
+    "!logger.dir",  # ... but not where the run lives: a resumed run continues in its own directory
+    "device",
+    "threads",
+    "compile",
+)
 
 # Command-line names with a meaning of their own; a recipe YAML must not define them.
 _RESERVED = ("config",)
 _HELP_FLAGS = ("-h", "--help")
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")  # "1e-3": a float for us, a string for YAML 1.1
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+RUN_RECORD = "run.yaml"  # in a run directory: the recipe that started it (written by start_run)
 
 
 def _now(fmt: str = "%Y%m%d-%H%M%S") -> str:
@@ -65,6 +103,105 @@ class ConfigError(ValueError):
         >>> issubclass(ConfigError, ValueError)
         True
     """
+
+
+@dataclass
+class ConfigOrigin:
+    """Where a config returned by :func:`load_config` came from; read it with :func:`config_origin`.
+
+    Attributes:
+        recipe: the recipe name (the stem of its YAML: ``"calql"``), recorded in the run directory and checkpoints.
+        resumed: the saved ``config.yaml`` of the run being resumed, or ``None`` for a fresh run.
+        changes: on resume, ``{dotted key: (saved value, new value)}`` for every key the command line (or a
+            ``config=`` file) changed; all of them are in :data:`RESUME_MAY_CHANGE`.
+    """
+
+    recipe: str | None = None
+    resumed: Path | None = None
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+
+_ORIGINS: dict[int, tuple[weakref.ref, ConfigOrigin]] = {}
+
+
+def _remember_origin(conf: DictConfig, origin: ConfigOrigin) -> None:
+    key = id(conf)
+    _ORIGINS[key] = (weakref.ref(conf, lambda _ref: _ORIGINS.pop(key, None)), origin)
+
+
+def config_origin(cfg: Any) -> ConfigOrigin | None:
+    """The :class:`ConfigOrigin` of a config made by :func:`load_config`, or ``None`` for a config built otherwise.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "configs").mkdir()
+        >>> _ = (d / "configs" / "toy.yaml").write_text("seed: 0\\n")
+        >>> config_origin(load_config(d / "toy.py", [])).recipe
+        'toy'
+    """
+    entry = _ORIGINS.get(id(cfg))
+    return entry[1] if entry is not None and entry[0]() is cfg else None
+
+
+def resume_may_change(key: str) -> bool:
+    """Whether a resumed run may give the dotted ``key`` another value (see :data:`RESUME_MAY_CHANGE`).
+
+    Example:
+        >>> [resume_may_change(k) for k in ("online.steps", "eval.episodes", "logger.dir", "critic.hidden_sizes")]
+        [True, True, False, False]
+    """
+    allowed = False
+    for pattern in RESUME_MAY_CHANGE:
+        negated = pattern.startswith("!")
+        if fnmatch.fnmatchcase(key, pattern.lstrip("!")):
+            allowed = not negated
+    return allowed
+
+
+def resume_changes(before: Mapping, after: Mapping) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (old, new)}`` for every leaf whose value differs (a key missing on one side is ``"<absent>"``).
+
+    Example:
+        >>> resume_changes({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}, "d": 0})
+        {'a.c': (2, 3), 'd': ('<absent>', 0)}
+    """
+    old, new = _flatten(before), _flatten(after)
+    keys = list(old) + [k for k in new if k not in old]
+    return {k: (old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in keys if old.get(k, _ABSENT) != new.get(k, _ABSENT)}
+
+
+_ABSENT = "<absent>"
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, DictConfig):
+        tree = OmegaConf.to_container(tree, resolve=True)
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, f"{full}."))
+        else:
+            out[full] = value
+    return out
+
+
+def check_resume_changes(changes: Mapping[str, Any], run: str | os.PathLike) -> None:
+    """Raise a one-line :class:`ConfigError` naming the changed keys a resumed run may not change."""
+    refused = [key for key in changes if not resume_may_change(key)]
+    if refused:
+        shown = ", ".join(f"{k} ({_short_value(changes[k][0])} -> {_short_value(changes[k][1])})" for k in refused)
+        allowed = ", ".join(p for p in RESUME_MAY_CHANGE if not p.startswith("!"))
+        allowed += "; not " + ", ".join(p[1:] for p in RESUME_MAY_CHANGE if p.startswith("!"))
+        raise ConfigError(
+            f"resume={run} may not change {shown}: they define the run; drop them to continue it, or start a new run "
+            f"without resume= (a resume may change only: {allowed})"
+        )
+
+
+def _short_value(value: Any) -> str:
+    text = _format_default(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def config_path(recipe: str | os.PathLike) -> Path:
@@ -128,11 +265,17 @@ def load_config(recipe: str | os.PathLike, argv: Sequence[str] | None = None) ->
     cfg = copy.deepcopy(schema)
 
     resume = next((_parse_value(raw) for key, raw, _ in reversed(overrides) if key == "resume"), None)
+    saved, baseline = None, None
     if resume not in (None, ""):
-        saved = _saved_config_of(str(resume))
-        if saved is not None:
+        run_dir = _run_dir_of_resume(str(resume))
+        _check_recipe_of_run(run_dir, path.stem, resume)
+        saved = run_dir / "config.yaml"
+        if saved.is_file():
             # Trusted: it was validated when that run started, and may hold keys that run added with "+".
             cfg = _merge_trusted(cfg, _read_yaml(saved, what="saved config of the resumed run"))
+            baseline = copy.deepcopy(cfg)  # what the run used: every change from it is checked below
+        else:
+            saved = None
 
     for file in task_files:
         task_path = _find_task_file(file, path.parent)
@@ -140,17 +283,28 @@ def load_config(recipe: str | os.PathLike, argv: Sequence[str] | None = None) ->
     for key, raw, add in overrides:
         _set_override(cfg, schema, key, raw, add=add)
 
-    conf = OmegaConf.create(cfg)
-    try:
-        OmegaConf.resolve(conf)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot resolve an interpolation in the config: {_one_line(err)}") from None
+    conf = _resolved(cfg)
+    changes: dict[str, tuple[Any, Any]] = {}
+    if baseline is not None:
+        changes = resume_changes(_resolved(baseline), conf)
+        changes.pop("resume", None)  # recorded as "from" in the resume record
+        check_resume_changes(changes, resume)
     OmegaConf.set_struct(conf, True)
     if show_help:
         print(f"usage: python {Path(recipe).name} [key=value ...] [+new.key=value] [config=task.yaml] [resume=RUN_DIR]")
         print(f"\nresolved config (defaults from {path}):\n")
         print(to_yaml(conf), end="")
         raise SystemExit(0)
+    _remember_origin(conf, ConfigOrigin(recipe=path.stem, resumed=saved, changes=changes))
+    return conf
+
+
+def _resolved(cfg: dict) -> DictConfig:
+    conf = OmegaConf.create(copy.deepcopy(cfg))
+    try:
+        OmegaConf.resolve(conf)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot resolve an interpolation in the config: {_one_line(err)}") from None
     return conf
 
 
@@ -264,15 +418,38 @@ def _find_task_file(name: str, configs_dir: Path) -> Path:
     raise ConfigError(f"config file not found: {name!r} (looked for {looked}); pass an existing per-task YAML file")
 
 
-def _saved_config_of(resume: str) -> Path | None:
+def _run_dir_of_resume(resume: str) -> Path:
     path = Path(resume)
     if not path.exists():
         raise ConfigError(f"resume path not found: {path.resolve()}; pass a run directory or a checkpoint file")
     run_dir = path if path.is_dir() else path.parent
-    if run_dir.name == "checkpoints":
-        run_dir = run_dir.parent
-    saved = run_dir / "config.yaml"
-    return saved if saved.is_file() else None
+    return run_dir.parent if run_dir.name == "checkpoints" else run_dir
+
+
+def recipe_of_run(run_dir: str | os.PathLike) -> str | None:
+    """The recipe that started the run in ``run_dir`` (from its ``run.yaml``), or ``None`` if it did not record one.
+
+    Example:
+        >>> import tempfile
+        >>> recipe_of_run(tempfile.mkdtemp()) is None
+        True
+    """
+    record = Path(run_dir) / RUN_RECORD
+    try:
+        data = yaml.safe_load(record.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    recipe = data.get("recipe") if isinstance(data, dict) else None
+    return str(recipe) if recipe else None
+
+
+def _check_recipe_of_run(run_dir: Path, recipe: str, resume: Any) -> None:
+    other = recipe_of_run(run_dir)
+    if other is not None and other != recipe:
+        raise ConfigError(
+            f"run {run_dir} was started by recipe '{other}', not '{recipe}'; resume it with: "
+            f"python recipes/{other}.py resume={resume}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------- merging

@@ -132,8 +132,10 @@ def check_finite(metrics: Mapping[str, Any], step: int, keys: tuple[str, ...] | 
     values = [metrics[k] for k in checked]
     tensors = [v.detach().float().reshape(-1) for v in values if isinstance(v, torch.Tensor)]
     # One host sync for all the tensors, not one per term.
-    if tensors and bool(torch.isfinite(torch.cat(tensors)).all()) and all(
-        math.isfinite(float(v)) for v in values if not isinstance(v, torch.Tensor)
+    if (
+        tensors
+        and bool(torch.isfinite(torch.cat(tensors)).all())
+        and all(math.isfinite(float(v)) for v in values if not isinstance(v, torch.Tensor))
     ):
         return
     for key, value in zip(checked, values):

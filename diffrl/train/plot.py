@@ -115,20 +115,6 @@ def plot_runs(
     return out
 
 
-def _switch_step(run_dir: Path) -> int | None:
-    """``offline.steps`` from the run's config.yaml when the run has an online phase, else None."""
-    import yaml
-
-    path = run_dir / "config.yaml"
-    config = yaml.safe_load(path.read_text()) if path.is_file() else None
-    if not isinstance(config, dict):
-        return None
-    offline, online = config.get("offline"), config.get("online")
-    if isinstance(offline, dict) and isinstance(online, dict) and "steps" in offline:
-        return int(offline["steps"])
-    return None
-
-
 def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, metric: str | None = None) -> Path:
     """Draw one run's learning curve into a PNG and return its path (default ``<run_dir>/learning_curve.png``).
 
@@ -154,6 +140,8 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *
     """
     from matplotlib.figure import Figure
 
+    from diffrl.train.report import switch_step
+
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir)
     if metric is None:
@@ -170,7 +158,7 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *
     spread = metrics.get(f"{metric}_std")
     if spread is not None and np.array_equal(spread[0], steps):
         ax.fill_between(steps, values - spread[1], values + spread[1], alpha=0.25, label="+- std over episodes")
-    switch = _switch_step(run_dir)
+    switch = switch_step(run_dir)
     if switch is not None:
         ax.axvline(switch, color="k", linestyle="--", linewidth=1, label=f"offline -> online ({switch})")
     ax.set_xlabel("step (offline updates, then env steps)" if switch is not None else "step")

@@ -45,6 +45,7 @@ __all__ = [
     "plot_run",
     "run_score",
     "run_summary",
+    "switch_step",
     "write_report",
 ]
 
@@ -104,8 +105,18 @@ def _config(run_dir: Path) -> dict:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _switch_step(config: Mapping) -> int | None:
-    """``offline.steps`` of an offline-to-online run (None when the run has no online phase)."""
+def switch_step(run_dir: str | os.PathLike) -> int | None:
+    """The global step where an offline-to-online run went online (``offline.steps`` in its config.yaml), else None.
+
+    Example:
+        >>> import tempfile
+        >>> from diffrl.train.metrics import MetricLogger
+        >>> with MetricLogger(tempfile.mkdtemp(), config={"offline": {"steps": 300}, "online": {"steps": 100}}) as log:
+        ...     pass
+        >>> switch_step(log.dir)
+        300
+    """
+    config = _config(Path(run_dir))
     offline, online = config.get("offline"), config.get("online")
     if not isinstance(offline, Mapping) or not isinstance(online, Mapping) or "steps" not in offline:
         return None
@@ -122,7 +133,7 @@ def _evaluations(run_dir: Path, metric: str, phase: str | None) -> tuple[np.ndar
         return steps, values
     if phase not in PHASES:
         raise ValueError(f"phase={phase!r} is not accepted; use 'offline', 'online' or None (the whole run)")
-    switch = _switch_step(_config(run_dir))
+    switch = switch_step(run_dir)
     if switch is None:
         raise ValueError(
             f"phase={phase!r} needs an offline-to-online run, but {run_dir}/config.yaml has no offline.steps and "
@@ -196,7 +207,7 @@ def run_summary(run_dir: str | os.PathLike, last_k: int = 3, metric: str | None 
     run_dir = Path(run_dir)
     metric = _pick_metric(read_metrics(run_dir), metric)
     label = metric.split("/")[-1].replace("_", " ")
-    switch = _switch_step(_config(run_dir))
+    switch = switch_step(run_dir)
 
     def part(phase: str | None) -> str:
         _, values = _evaluations(run_dir, metric, phase)
@@ -402,10 +413,16 @@ class MethodResult:
     cpu_seconds: float | None = None  # mean over the runs that recorded it
     curve: dict[str, np.ndarray] = field(default_factory=dict)  # steps, center, low, high
     switch: int | None = None
+    episodes: int | None = None  # fewest episodes per evaluation among the runs (eval/episodes), if logged
 
 
 def _seed_of(run_dir: Path) -> Any:
     return _config(run_dir).get("seed")
+
+
+def _episodes(run_dir: Path) -> int | None:
+    episodes = read_metrics(run_dir).get("eval/episodes")
+    return int(episodes[1].min()) if episodes is not None and len(episodes[1]) else None
 
 
 def _curve(runs: list[Path], metric: str, reps: int, confidence: float, seed: int) -> dict[str, np.ndarray]:
@@ -464,7 +481,8 @@ def compare(
             summary = aggregate(scores, seeds, reps=reps, confidence=confidence, seed=seed)
         if len(runs) < MIN_SEEDS:
             warnings.warn(f"method {name!r} has {len(runs)} run(s); >= {MIN_SEEDS} seeds are expected", stacklevel=2)
-        switches = {_switch_step(_config(r)) for r in runs}
+        switches = {switch_step(r) for r in runs}
+        episodes = [e for e in map(_episodes, runs) if e is not None]
         results.append(
             MethodResult(
                 name=name,
@@ -475,16 +493,22 @@ def compare(
                 cpu_seconds=float(np.mean(cpu)) if cpu else None,
                 curve=_curve(runs, metric, reps, confidence, seed) if curves else {},
                 switch=switches.pop() if len(switches) == 1 else None,
+                episodes=min(episodes) if episodes else None,
             )
         )
     if base is not None:
         by_name = {r.name: r for r in results}
         base_scores = _by_seed(by_name[base])
         for result in results:
-            if result.name != base:
-                result.diff = paired_difference(
-                    _by_seed(result), base_scores, reps=reps, confidence=confidence, seed=seed
+            if result.name == base:
+                continue
+            scores = _by_seed(result)
+            if not set(scores) & set(base_scores):
+                warnings.warn(
+                    f"method {result.name!r} shares no seed with base {base!r}: no paired difference", stacklevel=2
                 )
+                continue
+            result.diff = paired_difference(scores, base_scores, reps=reps, confidence=confidence, seed=seed)
     return results
 
 
@@ -531,7 +555,7 @@ def markdown_table(results: Sequence[MethodResult], base: str | None = None) -> 
         row = [r.name, str(s.n), f"{_fmt(s.iqm)} {_ci(s.iqm_ci)}", f"{_fmt(s.mean)} +- {_fmt(s.std)}"]
         if base is not None:
             if r.diff is None:
-                row += ["(base)", ""]
+                row += ["(base)" if r.name == base else "n/a (no shared seed)", ""]
             else:
                 d = r.diff
                 row += [f"{d.iqm:+.1f} {_ci(d.iqm_ci)} (n={d.n})", f"{d.mean:+.1f} {_ci(d.mean_ci)}"]
@@ -603,6 +627,13 @@ def write_report(
         f"mean (IQM) with a 95% stratified-bootstrap interval ({reps} resamples, rliable), mean +- std (ddof=1)."
         + (f" Paired differences are against `{base}` on the seeds both ran." if base else ""),
         "",
+        *[
+            f"Note: `{r.name}` evaluated with {r.episodes} episode(s) per evaluation; >= 10 make a run's score "
+            "much less noisy (eval.episodes)."
+            for r in results
+            if r.episodes is not None and r.episodes < 10
+        ],
+        "",
         f"![{metric}]({figure.name})",
         "",
         "Runs:",
@@ -611,7 +642,8 @@ def write_report(
     for r in results:
         runs = ", ".join(f"`{run}` (seed {s}: {score:.1f})" for run, s, score in zip(r.runs, r.seeds, r.scores))
         lines.append(f"- {r.name}: {runs}")
-    path = atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines) + "\n")  # no empty note block
+    path = atomic_write_text(out / "report.md", text)
     return Report(path=path, figures=[figure], table=table, results=results)
 
 
@@ -649,24 +681,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--out", required=True, help="output directory for report.md and the PNG")
     args = parser.parse_args(argv)
+    caught: list[warnings.WarningMessage] = []
+
+    def show_warnings() -> None:
+        for warning in caught:  # one plain line each, not Python's file:line format
+            print(f"warning: {warning.message}", file=sys.stderr)
+
     try:
-        report = write_report(
-            args.run_dirs,
-            args.out,
-            method_of=_method_map(args.method_of),
-            base=args.base,
-            metric=args.metric,
-            last_k=args.last_k,
-            phase=args.phase,
-            reps=args.reps,
-            seed=args.seed,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = _write_report_cli(args)
     except (FileNotFoundError, ValueError, ImportError) as err:
+        show_warnings()
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    show_warnings()
     print(report.table)
     print(f"wrote {report.path} and {', '.join(str(f) for f in report.figures)}")
     return 0
+
+
+def _write_report_cli(args: argparse.Namespace) -> Report:
+    return write_report(
+        args.run_dirs,
+        args.out,
+        method_of=_method_map(args.method_of),
+        base=args.base,
+        metric=args.metric,
+        last_k=args.last_k,
+        phase=args.phase,
+        reps=args.reps,
+        seed=args.seed,
+    )
 
 
 if __name__ == "__main__":

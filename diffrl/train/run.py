@@ -8,19 +8,35 @@ Run directory: ``logger.dir`` itself when it does not exist; an existing directo
 written into by a fresh run: ``-1``, ``-2``, ... is appended instead, and the claim is atomic, so two runs started at
 the same instant with the same ``logger.dir`` never share a directory.
 
+A run directory holds the run's record: ``config.yaml`` (the resolved config it started with, never rewritten),
+``run.yaml`` (the recipe that started it), and, once resumed, ``resumes.yaml`` (one entry per successful resume: the
+step and checkpoint it continued from, when, and the keys it changed, ``old -> new``).
+
 A resumed run continues in the directory of the checkpoint it resumes from: its CSV rows after the checkpoint's step
-are dropped and rewritten, so the curves read as one uninterrupted run.
+are dropped and rewritten, so the curves read as one uninterrupted run. What a resume may change is
+:data:`diffrl.train.config.RESUME_MAY_CHANGE`; anything else is refused before anything is written.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from diffrl.train.checkpoint import Checkpointer, find_checkpoint
+from diffrl.train.config import (
+    RUN_RECORD,
+    ConfigError,
+    check_resume_changes,
+    config_origin,
+    recipe_of_run,
+    resume_changes,
+)
+from diffrl.train.files import atomic_write_text
 from diffrl.train.metrics import MetricLogger, check_backend
 
 __all__ = ["Run", "start_run", "fresh_run_dir", "claimed_run_dirs"]
@@ -71,35 +87,77 @@ def _run_dir_of(checkpoint: Path) -> Path | None:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
 
 
+RESUME_RECORD = "resumes.yaml"  # in a run directory: one entry appended per successful resume
+
+
 class Run:
     """A run directory with its :class:`MetricLogger` (``run.logger``) and :class:`Checkpointer` (``.checkpointer``).
 
     Build it with :func:`start_run`. ``run.dir`` is where everything goes; ``run.log``/``run.save`` forward to the
-    logger/checkpointer; ``run.resume(**objects)`` restores a checkpoint when ``resume=`` was given.
+    logger/checkpointer; ``run.resume(**objects)`` restores a checkpoint when ``resume=`` was given and then appends
+    the resume to ``resumes.yaml``.
+
+    Attributes:
+        recipe: the recipe that started the run (``None`` when unknown).
+        resume_from: the checkpoint resumed from (after :meth:`resume`: the one actually used, which is an older one
+            when the newest was damaged).
+        resume_changes: ``{dotted key: (saved value, new value)}`` the resume changed.
     """
 
     def __init__(
-        self, run_dir: Path, logger: MetricLogger, checkpointer: Checkpointer, resume_from: Path | None = None
+        self,
+        run_dir: Path,
+        logger: MetricLogger,
+        checkpointer: Checkpointer,
+        resume_from: Path | None = None,
+        *,
+        resume_target: Path | None = None,
+        resume_changes: dict[str, tuple[Any, Any]] | None = None,
+        recipe: str | None = None,
     ) -> None:
         self.dir = run_dir
         self.logger = logger
         self.checkpointer = checkpointer
         self.resume_from = resume_from
+        self.resume_changes = dict(resume_changes or {})
+        self.recipe = recipe
         self.resumed: dict[str, Any] = {}
+        self._resume_target = resume_target if resume_target is not None else resume_from
 
     def resume(self, **objects: Any) -> int:
         """Restore ``objects`` (and the global generators) from the ``resume=`` checkpoint; return its step.
 
         Returns 0 and changes nothing when the run is not resumed. Plain values saved with the checkpoint are in
-        ``run.resumed`` afterwards.
+        ``run.resumed`` afterwards. A ``resume=`` directory uses its newest intact checkpoint. Only once the restore
+        succeeded are the CSV rows after the step dropped and the resume recorded in ``resumes.yaml``.
         """
-        if self.resume_from is None:
+        if self._resume_target is None:
             return 0
-        self.resumed = self.checkpointer.load(self.resume_from, **objects)
+        self.resumed = self.checkpointer.load(self._resume_target, **objects)
         step = int(self.resumed["step"])
+        self.resume_from = Path(self.resumed["path"])
         if _run_dir_of(self.resume_from) == self.dir:
             self.logger.truncate_after(step)
+        self.record_resume(step, self.resume_from)
         return step
+
+    def record_resume(self, step: int, checkpoint: str | os.PathLike) -> Path:
+        """Append a resume from ``checkpoint`` at ``step`` to ``resumes.yaml`` (atomically; earlier entries kept).
+
+        :meth:`resume` calls it; a loop that restores checkpoints itself calls it after its restore succeeded.
+        """
+        entry = {
+            "step": int(step),
+            "time": datetime.now().isoformat(timespec="seconds"),
+            "from": str(checkpoint),
+            "changed": {key: {"old": old, "new": new} for key, (old, new) in self.resume_changes.items()},
+        }
+        path = self.dir / RESUME_RECORD
+        before = path.read_text() if path.is_file() else ""
+        if before and not before.endswith("\n"):
+            before += "\n"
+        # Appending the text keeps every earlier entry byte for byte, even one a user edited by hand.
+        return atomic_write_text(path, before + yaml.safe_dump([entry], sort_keys=False, default_flow_style=False))
 
     def log(self, metrics: Any, step: int) -> None:
         """Log scalar metrics at ``step`` (see :meth:`MetricLogger.log`)."""
@@ -126,6 +184,10 @@ class Run:
 def start_run(cfg: DictConfig) -> Run:
     """Open the run described by ``cfg``: pick the run directory, save the resolved config, set up logging.
 
+    A fresh run claims a new directory and writes ``config.yaml`` and ``run.yaml`` there. A resumed run
+    (``resume=``) writes nothing here: its record is checked (same recipe; only :data:`RESUME_MAY_CHANGE` keys
+    changed) and :meth:`Run.resume` appends to ``resumes.yaml`` after a successful restore.
+
     Example:
         >>> import tempfile, torch
         >>> from omegaconf import OmegaConf
@@ -139,15 +201,50 @@ def start_run(cfg: DictConfig) -> Run:
         >>> with start_run(cfg) as again:
         ...     again.dir == run.dir, again.resume(net=net)
         (True, 5)
+        >>> OmegaConf.load(run.dir / "config.yaml").resume is None   # the record of how the run started, untouched
+        True
     """
     logger_cfg = cfg.logger
     backend = logger_cfg.get("backend", "csv")
     check_backend(backend)  # before creating any directory: a rejected run leaves nothing behind
+    origin = config_origin(cfg)
+    recipe = origin.recipe if origin is not None else None
     resume = cfg.get("resume")
-    resume_from = find_checkpoint(resume).resolve() if resume not in (None, "") else None
+    resume_target = Path(resume).resolve() if resume not in (None, "") else None
+    resume_from = find_checkpoint(resume_target).resolve() if resume_target is not None else None
     run_dir = _run_dir_of(resume_from) if resume_from is not None else None
-    if run_dir is None:
+    changes: dict[str, tuple[Any, Any]] = {}
+    if run_dir is not None:
+        # Everything is checked before anything is written: a refused resume leaves the run as it was.
+        started_by = recipe_of_run(run_dir)
+        if recipe is not None and started_by is not None and started_by != recipe:
+            raise ConfigError(
+                f"run {run_dir} was started by recipe '{started_by}', not '{recipe}'; resume it with: "
+                f"python recipes/{started_by}.py resume={resume}"
+            )
+        recipe = recipe or started_by
+        if origin is not None and origin.resumed is not None:
+            changes = origin.changes  # checked by load_config against the schema defaults as well
+        elif (run_dir / "config.yaml").is_file():
+            saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+            current = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+            # Only keys both hold: a config built by hand need not repeat every key of the saved one.
+            changes = {k: v for k, v in resume_changes(saved, current).items() if "<absent>" not in v}
+            changes.pop("resume", None)
+            check_resume_changes(changes, resume)
+        logger = MetricLogger(run_dir, backend, project=logger_cfg.get("project"))
+    else:
         run_dir = fresh_run_dir(logger_cfg.dir)
-    logger = MetricLogger(run_dir, backend, config=cfg, project=logger_cfg.get("project"))
-    checkpointer = Checkpointer(logger.dir / "checkpoints", keep=logger_cfg.get("keep", 2))
-    return Run(logger.dir, logger, checkpointer, resume_from)
+        logger = MetricLogger(run_dir, backend, config=cfg, project=logger_cfg.get("project"))
+        record = {"recipe": recipe, "started": datetime.now().isoformat(timespec="seconds"), "pid": os.getpid()}
+        atomic_write_text(logger.dir / RUN_RECORD, yaml.safe_dump(record, sort_keys=False))
+    checkpointer = Checkpointer(logger.dir / "checkpoints", keep=logger_cfg.get("keep", 2), recipe=recipe)
+    return Run(
+        logger.dir,
+        logger,
+        checkpointer,
+        resume_from,
+        resume_target=resume_target,
+        resume_changes=changes,
+        recipe=recipe,
+    )

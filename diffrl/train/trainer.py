@@ -328,8 +328,10 @@ class Trainer:
                     self._online_phase()
             except NonFiniteLossError as err:
                 latest = self.record.checkpointer.latest()
-                err.args = (f"{err.args[0]}; nothing was saved after it, the last good checkpoint is "
-                            f"{latest if latest is not None else '(none yet)'}",)
+                err.args = (
+                    f"{err.args[0]}; nothing was saved after it, the last good checkpoint is "
+                    f"{latest if latest is not None else '(none yet)'}",
+                )
                 raise
             except RunInterrupted as err:
                 path = self._save_now()
@@ -371,11 +373,11 @@ class Trainer:
             "updates": self.updates,
             "credit": self._credit,
             "phase_scores": self.phase_scores,
-            "episodes": self._tracker.episodes,
+            "episodes": self._tracker.state_dict(),
         }
         objects = {**self._stateful(), _LOOP_STATE: state}
         if self.env is not None:
-            objects["loop_episode"] = self._episode_state() if self.phase == "online" else {}
+            objects["loop_episode"] = _EpisodeSlot(self._episode_state() if self.phase == "online" else None)
         path = self.record.save(self.step, **objects)
         self._saved_at = self.step
         return path
@@ -599,7 +601,10 @@ class Trainer:
         state = self.record.resumed[_LOOP_STATE]
         self.phase, self.step, self.updates = state["phase"], int(state["step"]), int(state["updates"])
         self._credit = float(state["credit"])
-        self._tracker.load_state_dict({"episodes": state["episodes"]})
+        episodes = state["episodes"]
+        self._tracker.load_state_dict(episodes if isinstance(episodes, Mapping) else {"episodes": episodes})
+        if self._multi_process:
+            self._tracker.load_state_dict({"episodes": self._tracker.episodes})  # the workers start fresh episodes
         self.phase_scores = dict(state["phase_scores"])
         slot = objects.get("loop_episode")
         if isinstance(slot, _EpisodeSlot) and slot.state is not None and self.phase == "online":
@@ -634,8 +639,8 @@ class Trainer:
 class _EpisodeSlot:
     """Receives the saved episode in progress (a plain state dict) when a checkpoint is loaded."""
 
-    def __init__(self) -> None:
-        self.state: dict[str, Any] | None = None
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        self.state = state
 
     def state_dict(self) -> dict[str, Any]:
         return self.state or {}
