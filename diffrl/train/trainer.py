@@ -33,6 +33,7 @@ What survives what:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -306,6 +307,7 @@ class Trainer:
         self._episode_exact = True
         self._resumed_episode: dict[str, Any] | None = None
         self._saved_at: int | None = None
+        self._cpu_seconds, self._cpu_mark = 0.0, time.process_time()  # CPU time of earlier sessions of this run
 
     # ------------------------------------------------------------------------------------------------------ driver
     @property
@@ -341,16 +343,28 @@ class Trainer:
                 )
                 raise
         seconds = timer.elapsed
+        self.record.log({"train/cpu_seconds": self._cpu_total()}, self.step)
         line = format_summary(self.name, self.step - start, seconds, self.record.logger.last)
-        offline_score = self.phase_scores.get("offline", {}).get("eval/normalized_score")
-        if offline_score is not None and "online" in self.phase_scores:
-            line += (
-                f" | normalized score offline {offline_score:.1f} -> online "
-                f"{self.phase_scores['online']['eval/normalized_score']:.1f}"
-            )
         if self.verbose:
             print(line, flush=True)
+            self._final_report()
         return {**self.phase_scores, "steps": self.step, "updates": self.updates, "seconds": seconds}
+
+    def _cpu_total(self) -> float:
+        """CPU seconds of this run's process since the trainer was built, plus those of the sessions it resumes."""
+        return self._cpu_seconds + time.process_time() - self._cpu_mark
+
+    def _final_report(self) -> None:
+        """Each phase's score as the mean +- std of its last evaluations, and the learning curve as a PNG."""
+        if self.eval_env is None or not self.phase_scores:
+            return
+        try:
+            from diffrl.train.report import plot_run, run_summary
+
+            print(f"{self.name}: {run_summary(self.record.dir, last_k=3)}", flush=True)
+            print(f"{self.name}: learning curve {plot_run(self.record.dir)}", flush=True)
+        except Exception as err:  # a report must never turn a finished run into a failed one
+            print(f"{self.name}: no summary ({' '.join(str(err).split())})", flush=True)
 
     def evaluate(self) -> dict[str, float]:
         """Evaluate the policy now and log the result at the current global step."""
@@ -374,6 +388,7 @@ class Trainer:
             "credit": self._credit,
             "phase_scores": self.phase_scores,
             "episodes": self._tracker.state_dict(),
+            "cpu_seconds": self._cpu_total(),
         }
         objects = {**self._stateful(), _LOOP_STATE: state}
         if self.env is not None:
@@ -606,6 +621,7 @@ class Trainer:
         if self._multi_process:
             self._tracker.load_state_dict({"episodes": self._tracker.episodes})  # the workers start fresh episodes
         self.phase_scores = dict(state["phase_scores"])
+        self._cpu_seconds, self._cpu_mark = float(state.get("cpu_seconds", 0.0)), time.process_time()
         slot = objects.get("loop_episode")
         if isinstance(slot, _EpisodeSlot) and slot.state is not None and self.phase == "online":
             self._resumed_episode = slot.state
