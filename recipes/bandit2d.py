@@ -25,8 +25,9 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from diffrl import registry
 from diffrl.data.toy import BANDIT_MODES, BANDIT_REWARD_MEANS, bandit_replay_buffer
 from diffrl.objectives.updaters import diffusion_ql_updater
-from diffrl.train import format_summary, resolve_device, run_recipe, seed_everything, start_run
+from diffrl.train import format_summary, run_recipe
 from diffrl.train.progress import Timer
+from diffrl.train.setup import prepare
 from diffrl.train.trainer import Trainer
 from diffrl.train.updates import critic_then_actor_update
 
@@ -46,11 +47,7 @@ def quadrant_fractions(actions: torch.Tensor) -> dict[str, float]:
 
 
 def main(cfg):
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    run = start_run(cfg)
+    device, run = prepare(cfg)  # threads, seeds, device, the run directory
     timer = Timer()
     rb = bandit_replay_buffer(**cfg.data, device=device, seed=cfg.seed)
     dims = {"obs_dim": rb.obs_dim, "action_dim": rb.action_dim}

@@ -23,27 +23,19 @@ import torch
 from torchrl.objectives import SoftUpdate
 
 from diffrl import registry
-from diffrl.data import load_dataset
-from diffrl.train import resolve_device, run_recipe, seed_everything, start_run
-from diffrl.train.collectors import dataset_envs
-from diffrl.train.edis_hook import EDISHook, build_edis
+from diffrl.train import run_recipe
+from diffrl.train.edis_hook import edis_hook
+from diffrl.train.setup import dataset_and_envs, prepare
 from diffrl.train.trainer import Hook, Trainer
 from diffrl.train.updates import summed_loss_update
 
 
 def main(cfg):
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)  # small networks on a CPU run fastest on one thread
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    run = start_run(cfg)
+    device, run = prepare(cfg)  # threads, seeds, device, the run directory
 
-    # Data and envs: the dataset carries mc_return (calibration), observation statistics and reference scores. Online
-    # rewards get the dataset's reward transform; evaluation sees raw rewards, comparable to the reference scores.
-    rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
-    env, eval_env = dataset_envs(
-        cfg.env.name, rb, device=device, max_episode_steps=cfg.env.max_episode_steps, seed=cfg.seed
-    )
+    # The dataset carries mc_return, observation statistics and reference scores. Online rewards get the dataset's
+    # reward transform; evaluation sees raw rewards, comparable to the reference scores.
+    rb, env, eval_env = dataset_and_envs(cfg, device)
 
     # Tanh-Gaussian actor within the env's bounds, a single Q network the loss copies num_qvalue_nets times.
     space = env.action_spec.space
@@ -52,7 +44,7 @@ def main(cfg):
     critic = registry.build("critic", cfg.critic, **dims).to(device)
     loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic)
     loss.make_value_estimator(gamma=cfg.gamma)
-    edis = build_edis(cfg.edis, **dims, device=device, seed=cfg.seed) if "edis" in cfg else None
+    edis = edis_hook(cfg, actor, **dims, device=device)  # None unless the config has an edis group
 
     # CORL: the entropy temperature learns at the policy rate, the Lagrange multiplier at the critic rate.
     optims = {
@@ -67,9 +59,8 @@ def main(cfg):
 
     hooks = [Hook(on_switch=lambda trainer: loss.switch_to_online(cfg.online.cql_alpha))]
     if edis is not None:  # the synthetic pool, refitted at the switch and every retrain_every env steps
-        generator = EDISHook(edis, actor, every=cfg.online.retrain_every, extra_updates=cfg.online.extra_updates)
-        hooks.append(generator)
-        state["edis"] = generator
+        hooks.append(edis)
+        state["edis"] = edis
 
     trainer = Trainer(
         cfg,

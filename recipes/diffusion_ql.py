@@ -27,17 +27,14 @@ from diffrl.data import load_dataset
 from diffrl.envs import make_env
 from diffrl.modules.q_selection import QSelectionActor
 from diffrl.objectives.updaters import diffusion_ql_updater
-from diffrl.train import normalized_score, resolve_device, run_recipe, seed_env, seed_everything, start_run
+from diffrl.train import normalized_score, run_recipe, seed_env
+from diffrl.train.setup import prepare
 from diffrl.train.trainer import Trainer
 from diffrl.train.updates import critic_then_actor_update
 
 
 def main(cfg):
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    run = start_run(cfg)
+    device, run = prepare(cfg)  # threads, seeds, device, the run directory
 
     # Data and the evaluation env (raw rewards, so returns compare with the dataset's reference scores).
     rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)

@@ -24,27 +24,19 @@ import torch
 from torchrl.objectives import SoftUpdate
 
 from diffrl import registry
-from diffrl.data import load_dataset
-from diffrl.train import resolve_device, run_recipe, seed_everything, start_run
-from diffrl.train.collectors import dataset_envs
-from diffrl.train.edis_hook import EDISHook, build_edis
+from diffrl.train import run_recipe
+from diffrl.train.edis_hook import edis_hook
+from diffrl.train.setup import dataset_and_envs, prepare
 from diffrl.train.trainer import Trainer
 from diffrl.train.updates import summed_loss_update
 
 
 def main(cfg):
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)  # small networks on a CPU run fastest on one thread
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    run = start_run(cfg)
+    device, run = prepare(cfg)  # threads, seeds, device, the run directory
 
-    # Data and envs: online rewards get the dataset's reward transform; evaluation sees raw rewards, comparable to the
-    # dataset's reference scores.
-    rb = load_dataset(**cfg.data, gamma=cfg.gamma, device=device)
-    env, eval_env = dataset_envs(
-        cfg.env.name, rb, device=device, max_episode_steps=cfg.env.max_episode_steps, seed=cfg.seed
-    )
+    # The dataset carries mc_return, observation statistics and reference scores. Online rewards get the dataset's
+    # reward transform; evaluation sees raw rewards, comparable to the reference scores.
+    rb, env, eval_env = dataset_and_envs(cfg, device)
 
     # A stochastic actor that scores dataset actions, a single Q network (the loss makes num_qvalue_nets copies), V(s).
     space = env.action_spec.space
@@ -54,7 +46,7 @@ def main(cfg):
     value = registry.build("critic", cfg.value, **dims).to(device)
     loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic, value_network=value)
     loss.make_value_estimator(gamma=cfg.gamma)
-    edis = build_edis(cfg.edis, **dims, device=device, seed=cfg.seed) if "edis" in cfg else None
+    edis = edis_hook(cfg, actor, **dims, device=device)  # None unless the config has an edis group
 
     optims = {
         "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr),
@@ -70,9 +62,8 @@ def main(cfg):
 
     hooks = []
     if edis is not None:  # the synthetic pool, refitted at the switch and every retrain_every env steps
-        generator = EDISHook(edis, actor, every=cfg.online.retrain_every, extra_updates=cfg.online.extra_updates)
-        hooks.append(generator)
-        state["edis"] = generator
+        hooks.append(edis)
+        state["edis"] = edis
 
     trainer = Trainer(
         cfg,

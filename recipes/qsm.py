@@ -26,18 +26,15 @@ from torchrl.modules import AdditiveGaussianModule
 from torchrl.objectives import SoftUpdate
 
 from diffrl import registry
-from diffrl.train import resolve_device, run_recipe, seed_everything, start_run
+from diffrl.train import run_recipe
 from diffrl.train.collectors import make_env_fn
+from diffrl.train.setup import prepare
 from diffrl.train.trainer import Trainer
 from diffrl.train.updates import critic_then_actor_update
 
 
 def main(cfg):
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)  # small networks on a CPU run fastest on one or two threads
-    seed_everything(cfg.seed)
-    run = start_run(cfg)
+    device, run = prepare(cfg)  # threads, seeds, device, the run directory
 
     # Envs act in [-1, 1]^A (ActionScaling); training rewards are scaled, evaluation reports raw returns.
     env_options = {"max_episode_steps": cfg.env.max_episode_steps, "keep_raw_reward": True}

@@ -31,7 +31,7 @@ import torch
 from diffrl.train.config import ConfigError
 from diffrl.train.trainer import Hook
 
-__all__ = ["EDISHook", "build_edis"]
+__all__ = ["EDISHook", "build_edis", "edis_hook"]
 
 
 def build_edis(cfg: Mapping[str, Any], *, obs_dim: int, action_dim: int, device: Any, seed: int) -> Any:
@@ -174,3 +174,20 @@ class EDISHook(Hook):
             self.edis._pool = state["pool"]
         if "generator" in state and getattr(self.edis, "_generator", None) is not None:
             self.edis._generator.set_state(state["generator"])
+
+
+def edis_hook(cfg: Mapping[str, Any], policy: Any, *, obs_dim: int, action_dim: int, device: Any) -> EDISHook | None:
+    """The EDIS hook a recipe config asks for, or ``None`` when it has no ``edis`` group.
+
+    Reads the ``edis`` group (the transform's options), ``online.retrain_every``, ``online.extra_updates`` and
+    ``seed``. Pass the hook to the trainer both as a hook and among its checkpoint objects.
+
+    Example:
+        >>> edis_hook({"seed": 0}, policy=None, obs_dim=3, action_dim=1, device="cpu") is None
+        True
+    """
+    if "edis" not in cfg or cfg["edis"] is None:
+        return None
+    edis = build_edis(cfg["edis"], obs_dim=obs_dim, action_dim=action_dim, device=device, seed=int(cfg["seed"]))
+    online = cfg["online"]
+    return EDISHook(edis, policy, every=int(online["retrain_every"]), extra_updates=int(online["extra_updates"]))
