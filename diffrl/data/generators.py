@@ -23,10 +23,12 @@ Reference scores (all three): ``ref_min_score`` = :data:`PENDULUM_REF_MIN` (unif
 ``ref_max_score`` = :data:`PENDULUM_REF_MAX` (noise-free controller), each the mean return over 1000 episodes with
 reset seeds 100000..100999; :func:`pendulum_reference_scores` recomputes them.
 
-MuJoCo (``diffrl/{hopper,halfcheetah,walker2d}/{medium,medium-replay}-v0``): TorchRL's SAC trained on the v5 env;
-``medium`` = rollouts of the partly trained stochastic policy, ``medium-replay`` = SAC's whole replay buffer. Both are
-written by one training run (calling either builds both). See :mod:`diffrl.data.sac_generator` for the budget and its
-CPU build time.
+MuJoCo (``diffrl/{hopper,halfcheetah,walker2d}/{medium,medium-replay}-v0``): TorchRL's SAC trained on the v5 env
+until its policy scores "medium" (first evaluation at D4RL-normalised 30-60, with D4RL's reference returns: hopper
+-20.272305 / 3234.3, halfcheetah -280.178953 / 12135.0, walker2d 1.629008 / 4592.3); ``medium`` = rollouts of that
+stochastic policy, ``medium-replay`` = the run's replay buffer up to the stop. Both are written by one training run
+(calling either builds both). See :mod:`diffrl.data.sac_generator` for the budget, its CPU build time and the options
+a user can lower (``train_steps``, ``medium_steps``, ``eval_episodes``).
 """
 
 from __future__ import annotations

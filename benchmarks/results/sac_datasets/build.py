@@ -61,6 +61,9 @@ def main() -> None:
     def log(record: dict) -> None:
         evaluations.append(record)
         print(json.dumps(record), flush=True)
+        # the curve so far, readable while the build runs (replaced by the full record at the end)
+        partial = {"status": "running", "env_id": f"{env_name}-v5", "evaluations": evaluations}
+        out_path.write_text(json.dumps(partial, indent=1) + "\n")
 
     start = time.process_time()
     out = build_sac_datasets(
