@@ -15,6 +15,7 @@ from diffrl.train.report import (
     compare,
     group_runs,
     main,
+    markdown_table,
     paired_difference,
     plot_run,
     run_score,
@@ -133,6 +134,10 @@ def test_paired_difference_matches_runs_by_config_seed(tmp_path):
     # the other way round the difference flips sign
     worse = paired_difference({s: v - 5.0 for s, v in base_scores.items()}, base_scores, reps=REPS)
     assert worse.mean == pytest.approx(-5.0) and worse.iqm_ci == pytest.approx((-5.0, -5.0))
+    lone = constant_run(tmp_path / "lone_9", 9, 1.0)
+    with pytest.warns(UserWarning, match="shares no seed with base"):
+        results = compare({"base": base, "lone": [lone]}, base="base", reps=REPS, curves=False)
+    assert results[1].diff is None and "| n/a (no shared seed) |" in markdown_table(results, "base")
     with pytest.raises(ValueError, match="no seed in common"):
         paired_difference({7: 1.0}, base_scores, reps=REPS)
     with pytest.raises(ValueError, match=r"base method 'calql' is not among the methods \['base', 'method'\]"):
