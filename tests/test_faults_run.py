@@ -15,10 +15,12 @@ import threading
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from diffrl.train.checkpoint import Checkpointer, CheckpointError
+from diffrl.train.config import run_recipe
 from diffrl.train.files import atomic_write_text
-from diffrl.train.run import fresh_run_dir
+from diffrl.train.run import fresh_run_dir, start_run
 
 # ------------------------------------------------------------------------------------------------ run directories
 
@@ -188,3 +190,106 @@ def test_a_checkpoint_of_another_recipe_is_refused_naming_both(tmp_path):
         CheckpointError, match=r"written by recipe 'calql', not 'iql'; .*python recipes/calql\.py resume="
     ):
         Checkpointer(tmp_path / "checkpoints", recipe="iql").load(tmp_path, net=_net())
+
+
+# ------------------------------------------------------------------------------------------------ resume records
+
+TOY = """\
+seed: 0
+resume: null
+device: cpu
+model: {hidden: 8}
+data: {batch_size: 4}
+offline: {steps: 4}
+online: {steps: 6}
+eval: {every: 2, episodes: 1}
+logger: {dir: RUNS/toy, backend: csv, keep: 2}
+"""
+
+
+@pytest.fixture
+def toy(tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "toy.yaml").write_text(TOY.replace("RUNS", str(tmp_path / "runs")))
+    return tmp_path / "toy.py"
+
+
+def _toy_main(cfg):
+    net = torch.nn.Linear(2, cfg.model.hidden)
+    run = start_run(cfg)
+    start = run.resume(net=net)
+    for step in range(start + 1, cfg.offline.steps + cfg.online.steps + 1):
+        run.log({"train/x": float(step)}, step)
+        if step % cfg.eval.every == 0:
+            run.save(step, net=net)
+    run.close()
+    return run.dir
+
+
+def _snapshot(directory):
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model.hidden=16", "model.hidden (8 -> 16)"),
+        ("seed=7", "seed (0 -> 7)"),
+        ("data.batch_size=8", "data.batch_size"),
+    ],
+)
+def test_a_resume_that_would_change_the_run_is_refused_and_writes_nothing(toy, capsys, override, named):
+    run_dir = run_recipe(_toy_main, toy, ["online.steps=2"])
+    before = _snapshot(run_dir)
+    with pytest.raises(SystemExit) as info:
+        run_recipe(_toy_main, toy, [f"resume={run_dir}", override])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert f"may not change {named}" in err and "start a new run" in err
+    assert _snapshot(run_dir) == before  # config.yaml, CSVs and checkpoints untouched; no resumes.yaml
+    assert run_recipe(_toy_main, toy, [f"resume={run_dir}"]) == run_dir  # not bricked: a plain resume still works
+
+
+def test_an_accepted_resume_keeps_config_yaml_and_appends_what_it_changed(toy):
+    run_dir = run_recipe(_toy_main, toy, ["online.steps=2"])
+    config = (run_dir / "config.yaml").read_bytes()
+    run_recipe(_toy_main, toy, [f"resume={run_dir}", "online.steps=4", "eval.every=3", "seed=0"])  # seed: unchanged
+    run_recipe(_toy_main, toy, [f"resume={run_dir}", "online.steps=6"])
+    assert (run_dir / "config.yaml").read_bytes() == config
+    first, second = yaml.safe_load((run_dir / "resumes.yaml").read_text())
+    assert first["step"] == 6 and first["from"].endswith("step_000000006.pt")
+    assert first["changed"] == {"online.steps": {"old": 2, "new": 4}, "eval.every": {"old": 2, "new": 3}}
+    assert second["step"] == 6 and second["changed"] == {"online.steps": {"old": 2, "new": 6}}
+    assert stat.S_IMODE((run_dir / "resumes.yaml").stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_failed_restore_records_no_resume(toy):
+    run_dir = run_recipe(_toy_main, toy, ["online.steps=2"])
+    for path in (run_dir / "checkpoints").glob("step_*.pt"):
+        path.write_bytes(b"\0" * 64)
+    with pytest.raises(SystemExit):
+        run_recipe(_toy_main, toy, [f"resume={run_dir}", "online.steps=4"])
+    assert not (run_dir / "resumes.yaml").exists()
+
+
+def test_the_run_and_its_checkpoints_record_the_recipe_and_another_recipe_is_refused(toy, capsys):
+    run_dir = run_recipe(_toy_main, toy, ["online.steps=2"])
+    assert yaml.safe_load((run_dir / "run.yaml").read_text())["recipe"] == "toy"
+    assert torch.load(run_dir / "checkpoints" / "step_000000006.pt", weights_only=False)["recipe"] == "toy"
+    (toy.parent / "configs" / "other.yaml").write_text((toy.parent / "configs" / "toy.yaml").read_text())
+    with pytest.raises(SystemExit) as info:
+        run_recipe(_toy_main, toy.parent / "other.py", [f"resume={run_dir}"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert f"started by recipe 'toy', not 'other'; resume it with: python recipes/toy.py resume={run_dir}" in err
+    # a checkpoint file given directly (no run.yaml to read) is refused by the checkpoint's own record
+    (run_dir / "run.yaml").unlink()
+    with pytest.raises(SystemExit):
+        run_recipe(_toy_main, toy.parent / "other.py", [f"resume={run_dir / 'checkpoints' / 'step_000000006.pt'}"])
+    assert "written by recipe 'toy', not 'other'" in capsys.readouterr().err

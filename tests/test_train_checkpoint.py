@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
@@ -245,7 +246,9 @@ def test_run_resume_continues_metrics_without_duplicates(tmp_path):
     steps, values = read_metrics(run.dir)["train/x"]
     assert steps.tolist() == list(range(1, 11))
     assert values.tolist() == [float(s) for s in range(1, 11)]
-    assert OmegaConf.load(run.dir / "config.yaml").resume == str(run.dir)
+    assert OmegaConf.load(run.dir / "config.yaml").resume is None  # the run's record is never rewritten by a resume
+    [entry] = yaml.safe_load((run.dir / "resumes.yaml").read_text())
+    assert entry["step"] == 5 and entry["from"].endswith("step_000000005.pt") and entry["changed"] == {}
     # a fresh (not resumed) run never writes into a directory that holds a run
     cfg.resume = None
     with start_run(cfg) as fresh:
@@ -255,7 +258,6 @@ def test_run_resume_continues_metrics_without_duplicates(tmp_path):
 TOY_RECIPE_YAML = """\
 seed: 0
 resume: null
-crash_at: null
 offline: {steps: 10, save_every: 3}
 logger: {dir: RUNS/toy, backend: csv, keep: 2}
 """
@@ -266,7 +268,7 @@ def test_recipe_interrupted_then_resumed_ends_with_the_uninterrupted_parameters(
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "toy.yaml").write_text(TOY_RECIPE_YAML.replace("RUNS", str(tmp_path / "runs")))
-    finished, starts = {}, []
+    finished, starts, crash = {}, [], {"at": None}
 
     def main(cfg):  # a recipe body, as short as the real ones
         o = _build(cfg.seed)
@@ -275,7 +277,7 @@ def test_recipe_interrupted_then_resumed_ends_with_the_uninterrupted_parameters(
         starts.append(start)
         bar = make_progress(cfg.offline.steps, "toy", initial=start, disable=True)
         for step in range(start + 1, cfg.offline.steps + 1):
-            if step == cfg.crash_at:
+            if step == crash["at"]:
                 raise KeyboardInterrupt  # killed: the run dir keeps what was written so far
             _train(o, 1)
             run.log({"train/lr": o.optim.param_groups[0]["lr"]}, step)
@@ -287,12 +289,14 @@ def test_recipe_interrupted_then_resumed_ends_with_the_uninterrupted_parameters(
         return run.dir
 
     straight = run_recipe(main, tmp_path / "toy.py", [])
+    crash["at"] = 8
     with pytest.raises(KeyboardInterrupt):
-        run_recipe(main, tmp_path / "toy.py", ["crash_at=8"])
+        run_recipe(main, tmp_path / "toy.py", [])
+    crash["at"] = None
     crashed = tmp_path / "runs" / "toy-1"
     assert read_metrics(crashed)["train/lr"][0].tolist() == list(range(1, 8))
-    # resume=RUN_DIR: the saved config (crash_at=8) is the base, the command line switches the crash off
-    resumed = run_recipe(main, tmp_path / "toy.py", [f"resume={crashed}", "crash_at=null"])
+    # resume=RUN_DIR: the saved config is the base (logger.dir points to the first run's name, runs/toy)
+    resumed = run_recipe(main, tmp_path / "toy.py", [f"resume={crashed}"])
     assert resumed == crashed and starts == [0, 0, 6]  # the last run did only steps 7..10
     _assert_same_state(finished[straight.name], finished[crashed.name])
     assert read_metrics(crashed)["train/lr"][0].tolist() == list(range(1, 11))
