@@ -64,7 +64,7 @@ def test_gaussian_log_std_is_clamped_and_samples_stay_in_bounds():
     assert net.log_std.shape == (2,) and isinstance(net.log_std, torch.nn.Parameter)
 
 
-def _iql_action_error(actor_name: str, steps: int = 500, seed: int = 0) -> float:
+def _iql_action_error(actor_name: str, steps: int = 300, seed: int = 0) -> float:
     """Train TorchRL's IQLLoss on a 1-D toy and return the deterministic policy's mean abs error to f(s).
 
     Dataset: s ~ U(-1, 1), a = f(s) = 0.6 sin(3 s), and 10% of the actions replaced by 0.99 * sign(f(s)) (near-bound
@@ -113,13 +113,14 @@ def _iql_action_error(actor_name: str, steps: int = 500, seed: int = 0) -> float
 def test_iql_with_the_gaussian_actor_recovers_the_action_function():
     """Learning check inside TorchRL's IQLLoss (it scores dataset actions with ``get_dist(td).log_prob``).
 
-    Measured (500 updates; the weighted mean itself sits about 0.06 from f where 10% of actions are at 0.99):
-    gaussian 0.035 (seed 0), 0.061 (seed 1); at 800 updates 0.059 / 0.042 / 0.069 (seeds 0-2).
-    tanh_normal (TanhNormal log-probabilities: the near-bound actions are atanh(0.99) = 2.65 away in pre-tanh
-    space) 0.136 / 0.157; the gaussian actor scored with a tanh-corrected log-probability 0.194. Margin 0.1.
+    Measured mean abs errors (seeds 0 / 1 / 2; the advantage-weighted mean itself sits about 0.06 from f where 10% of
+    the actions are at 0.99): 300 updates: gaussian 0.055 / 0.066 / 0.069, tanh_normal 0.140 / 0.142, the gaussian
+    actor scored with a tanh-corrected log-probability (broken) 0.151; 500 updates: gaussian 0.067 / 0.055 / 0.053,
+    tanh_normal 0.129 / 0.167, broken 0.183. TanhNormal's near-bound actions sit atanh(0.99) = 2.65 away in pre-tanh
+    space and pull its mean harder. Margin 0.1.
     """
     error = _iql_action_error("gaussian")
-    assert error < 0.1, f"IQL with the gaussian actor: mean abs action error {error:.3f} (measured 0.035)"
+    assert error < 0.1, f"IQL with the gaussian actor: mean abs action error {error:.3f} (measured 0.055)"
 
 
 # ------------------------------------------------------------------------------------------ Cal-QL (CORL) networks
@@ -151,8 +152,8 @@ def test_corl_scale_mapping_starts_near_037_and_is_clamped():
         assert torch.allclose(actor(_obs(5))["scale"], torch.tensor(math.exp(-1.0)))
     default_scale = tanh_normal(obs_dim=3, action_dim=2, hidden_sizes=(32,))(_obs(200))["scale"]
     corl_scale = tanh_normal(obs_dim=3, action_dim=2, hidden_sizes=(32,), scale_mapping="corl")(_obs(200))["scale"]
-    assert 0.8 < float(default_scale.median()) < 1.3  # TorchRL's biased softplus starts near 1
-    assert 0.25 < float(corl_scale.median()) < 0.5  # CORL's raw - 1 starts near 0.37
+    assert 0.8 < float(default_scale.detach().median()) < 1.3  # TorchRL's biased softplus starts near 1
+    assert 0.25 < float(corl_scale.detach().median()) < 0.5  # CORL's raw - 1 starts near 0.37
 
 
 @pytest.mark.parametrize("init, check", [("orthogonal", "orth"), ("xavier_uniform", "xavier")])

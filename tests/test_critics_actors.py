@@ -27,6 +27,7 @@ def batch_td(*batch: int) -> TensorDict:
     [
         ("actor", "diffusion", "action", ACT),
         ("actor", "tanh_normal", "action", ACT),
+        ("actor", "gaussian", "action", ACT),
         ("critic", "twin_q", "state_action_value", 2),
         ("critic", "q", "state_action_value", 1),
         ("critic", "value", "state_value", 1),

@@ -1,1 +1,2 @@
-"""TensorDict modules: the diffusion actor, Q-selection, the tanh-Gaussian actor, critics and value networks."""
+"""TensorDict modules: the diffusion actor, Q-selection, the Gaussian actors (``tanh_normal``, CORL's IQL ``gaussian``),
+critics and value networks."""
