@@ -41,6 +41,7 @@ __all__ = [
     "SAMPLERS",
     "q_sample",
     "epsilon_loss",
+    "epsilon_loss_and_x0",
     "inference_timesteps",
     "bind_model",
     "sample",
@@ -105,6 +106,53 @@ def epsilon_loss(
         noise = torch.randn_like(x0)
     x_t = q_sample(schedule, x0, t, noise)
     return (model(x_t, t, condition) - noise).pow(2).mean(-1)
+
+
+def epsilon_loss_and_x0(
+    model: Model,
+    schedule: DiffusionSchedule,
+    x0: Tensor,
+    condition: Tensor | None,
+    *,
+    low: Bound = -1.0,
+    high: Bound = 1.0,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``epsilon_loss`` and, from the same network call, the one-step reconstruction of the clean sample.
+
+    With ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` and ``eps_hat = model(x_t, t, c)``, the reconstruction is
+    ``x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)`` clamped to ``[low, high]``, differentiable through
+    ``eps_hat``: the action approximation of Kang et al. (EDP, NeurIPS 2023), which replaces a full reverse chain by
+    one network call on a noised dataset sample.
+
+    Returns:
+        ``(loss [*B], x0_hat [*B, D])``.
+
+    Example:
+        >>> import torch
+        >>> from diffrl.diffusion.schedules import DiffusionSchedule
+        >>> sched = DiffusionSchedule.from_name("vp", 5)
+        >>> perfect = lambda x_t, t, c: torch.full_like(x_t, 0.5)  # predicts the noise used below exactly
+        >>> x0 = torch.tensor([[0.3, -0.2]])
+        >>> noise = torch.full((1, 2), 0.5)
+        >>> loss, x0_hat = epsilon_loss_and_x0(perfect, sched, x0, None, t=torch.tensor([3]), noise=noise)
+        >>> float(loss), torch.allclose(x0_hat, x0, atol=1e-5)
+        (0.0, True)
+    """
+    batch = x0.shape[:-1]
+    if t is None:
+        t = torch.randint(0, schedule.num_steps, batch, device=x0.device)
+    if noise is None:
+        noise = torch.randn_like(x0)
+    x_t = q_sample(schedule, x0, t, noise)
+    eps = model(x_t, t, condition)
+    loss = (eps - noise).pow(2).mean(-1)
+    x0_hat = (
+        _gather(schedule.sqrt_recip_alphas_cumprod, t, x0.ndim) * x_t
+        - _gather(schedule.sqrt_recipm1_alphas_cumprod, t, x0.ndim) * eps
+    )
+    return loss, _clamp_fn(low, high)(x0_hat)
 
 
 def inference_timesteps(num_steps: int, num_inference_steps: int | None = None) -> list[int]:

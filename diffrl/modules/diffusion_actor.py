@@ -9,6 +9,7 @@ parameters on every call.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,9 @@ from diffrl.diffusion import ddpm
 from diffrl.diffusion.schedules import DiffusionSchedule
 from diffrl.nn.noise_nets import NOISE_NETS
 
-__all__ = ["DiffusionActor", "action_bounds"]
+__all__ = ["DiffusionActor", "action_bounds", "check_precision", "native_bf16", "precision_context"]
+
+_PRECISIONS = ("fp32", "bf16")
 
 
 def action_bounds(low: Any, high: Any, action_dim: int) -> tuple[Tensor, Tensor]:
@@ -47,6 +50,53 @@ def action_bounds(low: Any, high: Any, action_dim: int) -> tuple[Tensor, Tensor]
     if not bool((bounds[0] < bounds[1]).all()):
         raise ValueError(f"action_low must be below action_high everywhere, got {bounds[0]} and {bounds[1]}.")
     return bounds[0], bounds[1]
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` multiplies bf16 matrices natively: AMX or AVX512_BF16 on CPU, bf16 support on CUDA.
+
+    Elsewhere bf16 matrix products are emulated and slower than float32.
+
+    Example:
+        >>> isinstance(native_bf16("cpu"), bool)
+        True
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def check_precision(precision: str, device: torch.device | str) -> None:
+    """Raise a one-line ValueError unless ``precision`` is ``"fp32"``, or ``"bf16"`` on a device with native bf16.
+
+    Example:
+        >>> check_precision("fp32", "cpu")
+    """
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}.")
+    if precision == "bf16" and not native_bf16(device):
+        raise ValueError(
+            f"precision='bf16' needs native bf16 matrix units (AMX or AVX512_BF16 on CPU, a bf16-capable CUDA GPU), "
+            f"which device {str(device)!r} lacks (bf16 would run slower than fp32 there); use precision='fp32'."
+        )
+
+
+def precision_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """``torch.autocast(device, bfloat16)`` for ``"bf16"``, a no-op for ``"fp32"``; compiles with ``torch.compile``.
+
+    Example:
+        >>> import torch
+        >>> with precision_context("fp32", "cpu"):
+        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        torch.float32
+    """
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def deterministic_mode(default_interaction_type: str) -> bool:
@@ -203,15 +253,23 @@ class DiffusionActor(TensorDictModuleBase):
         if tensor.shape[-1:] != (size,):
             raise ValueError(f"{name} must have a last dimension of {size}, got shape {tuple(tensor.shape)}.")
 
-    def denoising_loss(self, observation: Tensor, action: Tensor) -> Tensor:
+    def denoising_loss(
+        self, observation: Tensor, action: Tensor, *, return_reconstruction: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Per-sample epsilon-prediction loss on clean ``action`` ``[*B, A]`` given ``observation`` ``[*B, S]``.
 
         Draws ``t ~ U{0..T-1}`` and ``eps ~ N(0, I)`` per sample and returns ``mean_d (eps_theta(a_t, t, s) - eps)^2``
-        with shape ``[*B]`` (unreduced, so the loss can mask, weight or average).
+        with shape ``[*B]`` (unreduced, so the loss can mask, weight or average). With ``return_reconstruction``
+        returns ``(loss, a0_hat)``, where ``a0_hat [*B, A]`` is the action reconstructed in one step from the same
+        noised action and network call, clamped to the bounds and differentiable (EDP's action approximation;
+        :func:`diffrl.diffusion.ddpm.epsilon_loss_and_x0`).
         """
         self._check_last_dim(action, self.action_dim, "action")
         self._check_last_dim(observation, self.obs_dim, "observation")
-        return ddpm.epsilon_loss(self.network, self.schedule, action, observation)
+        if not return_reconstruction:
+            return ddpm.epsilon_loss(self.network, self.schedule, action, observation)
+        low, high = self._float_bounds if self._float_bounds is not None else (self.action_low, self.action_high)
+        return ddpm.epsilon_loss_and_x0(self.network, self.schedule, action, observation, low=low, high=high)
 
     def predict_noise(self, noisy_action: Tensor, step: Tensor | int, observation: Tensor) -> Tensor:
         """``eps_theta(noisy_action, step, observation)``; ``step`` is an int or an integer tensor broadcastable to
@@ -222,13 +280,39 @@ class DiffusionActor(TensorDictModuleBase):
         batch = torch.broadcast_shapes(noisy_action.shape[:-1], observation.shape[:-1], step.shape)
         return self.network(noisy_action, step.expand(batch), observation)
 
-    def _fixed_noise(self, observation: Tensor, num_samples: int | None) -> Tensor:
+    def _fixed_noise(self, observation: Tensor, num_samples: int | None, draws: int | None = None) -> Tensor:
         # One seeded draw per candidate index, broadcast over observations: the same observation always gets the same
         # action, wherever it sits in a batch.
         generator = torch.Generator().manual_seed(self.deterministic_seed)
         per_obs = (num_samples, self.action_dim) if num_samples is not None else (self.action_dim,)
-        noise = torch.randn(self._num_draws, *per_obs, generator=generator)
+        noise = torch.randn(draws or self._num_draws, *per_obs, generator=generator)
         return noise.to(device=observation.device, dtype=observation.dtype)
+
+    def _sampling_choice(self, sampler: str | None, inference_steps: int | None) -> tuple[str, int]:
+        """(sampler, steps) of one sampling call: the actor's own unless overridden (validated like the constructor's).
+
+        Example:
+            >>> actor = DiffusionActor(obs_dim=1, action_dim=1, hidden_sizes=(8,), num_steps=5)
+            >>> choose = actor._sampling_choice
+            >>> choose(None, None), choose(None, 2), choose("ddim", None)
+            (('diffusion_ql', 5), ('ddim', 2), ('ddim', 5))
+        """
+        if sampler is None and inference_steps is None:
+            return self.sampler, self.inference_steps
+        if inference_steps is None:
+            steps = self.num_steps
+        else:
+            steps = len(ddpm.inference_timesteps(self.num_steps, inference_steps))
+        if sampler is None:
+            sampler = "ddim" if steps < self.num_steps else self.sampler
+        if sampler not in ddpm.SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; accepted: {sorted(ddpm.SAMPLERS)}.")
+        if sampler != "ddim" and steps < self.num_steps:
+            raise ValueError(
+                f"sampler {sampler!r} visits all {self.num_steps} training steps, but inference_steps={steps}. Use "
+                "sampler='ddim' for fewer steps, or drop inference_steps."
+            )
+        return sampler, steps
 
     def sample(
         self,
@@ -238,6 +322,8 @@ class DiffusionActor(TensorDictModuleBase):
         noise_scale: float = 1.0,
         *,
         deterministic: bool = False,
+        sampler: str | None = None,
+        inference_steps: int | None = None,
     ) -> Tensor:
         """Sample actions for ``observation`` ``[*B, obs_dim]``.
 
@@ -247,8 +333,13 @@ class DiffusionActor(TensorDictModuleBase):
             grad: keep the graph through the whole chain (Diffusion-QL's Q term). Default False (no graph).
             noise_scale: multiplies the per-step noise (on top of ``temperature``). Default 1.
             deterministic: use the fixed seeded noise of DETERMINISTIC mode. Default False.
+            sampler: this call's sampler instead of the actor's (e.g. ``"ddim"`` for a cheaper critic target).
+                Default None: the actor's.
+            inference_steps: this call's number of steps (fewer than ``num_steps`` needs DDIM, which is then the
+                default sampler). Default None: the actor's.
         """
         self._check_last_dim(observation, self.obs_dim, "observation")
+        sampler, steps = self._sampling_choice(sampler, inference_steps)
         batch = observation.shape[:-1]
         condition = observation
         if num_samples is not None:
@@ -261,19 +352,19 @@ class DiffusionActor(TensorDictModuleBase):
         else:
             low, high = self.action_low, self.action_high
         kwargs: dict[str, Any] = {}
-        if self.sampler == "ddim":
-            kwargs = {"num_inference_steps": self.inference_steps, "eta": self.ddim_eta}
+        if sampler == "ddim":
+            kwargs = {"num_inference_steps": steps, "eta": self.ddim_eta}
         return ddpm.sample(
             self.network,
             self.schedule,
             condition,
             (*batch, self.action_dim),
-            sampler=self.sampler,
+            sampler=sampler,
             low=low,
             high=high,
             noise_scale=noise_scale * self.temperature,
             grad=grad,
-            noise=self._fixed_noise(observation, num_samples) if deterministic else None,
+            noise=self._fixed_noise(observation, num_samples, steps) if deterministic else None,
             **kwargs,
         )
 

@@ -16,9 +16,12 @@ from tensordict.nn import TensorDictModule, dispatch
 from torch import Tensor
 
 from diffrl import registry
+from diffrl.modules.diffusion_actor import check_precision, precision_context
 from diffrl.objectives.qvalue import ActorCriticLoss
 
 __all__ = ["DiffusionQLLoss"]
+
+_APPROXIMATIONS = ("none", "edp")
 
 
 @registry.register("loss", "diffusion_ql")
@@ -49,6 +52,24 @@ class DiffusionQLLoss(ActorCriticLoss):
     with the host (the coin flip stays a tensor). On CPU that fuses Mish and the sampler's step arithmetic into a few
     loops (``recipes/diffusion_ql.py compile=true``; figures in ``benchmarks/README.md``).
 
+    Fast options (departures from the paper, all off by default; quality measured against the faithful update on the
+    2D bandit and the pendulum default, ``benchmarks/README.md``):
+
+    * ``action_approximation="edp"`` (Kang et al., "Efficient Diffusion Policies for Offline Reinforcement
+      Learning", NeurIPS 2023): the Q term is evaluated at ``a0_hat = (a_t - sqrt(1 - abar_t) eps_theta(a_t, t, s))
+      / sqrt(abar_t)`` (clamped to the action bounds), reconstructed in one step from the *noised dataset action*
+      of the BC term and its network call, instead of at a fresh sample differentiated through all T reverse steps.
+      The actor step then costs one network call instead of T + 1. The policy is no longer pushed along its own
+      sampling chain, only through its one-step denoiser around the data, so it stays closer to the behaviour
+      support than the paper's policy.
+    * ``target_sampler="ddim"`` with ``target_sampler_steps=K``: the EMA actor draws the critic-target action with
+      a K-step DDIM sampler instead of the paper's T-step ancestral sampler (EDP uses DPM-Solver there). The target
+      action then follows a different (deterministic given ``x_T`` at DDIM's eta 0) distribution.
+    * ``precision="bf16"``: the diffusion actor's network calls (BC term, policy samples, target samples) run under
+      bf16 autocast; the critics, the regression onto the target and the Q term's arithmetic stay float32, so TD
+      errors are not rounded to bf16's three significant digits. Only on hardware with native bf16 matrix units (AMX
+      or AVX512_BF16 CPUs, CUDA GPUs): elsewhere the constructor raises, since bf16 would be slower.
+
     Target networks are ``target_actor_network_params`` (the EMA actor) and ``target_qvalue_network_params``; drive
     them with TorchRL's ``SoftUpdate`` or with :func:`diffrl.objectives.updaters.diffusion_ql_updater` (critic tau
     0.005 every step; actor EMA 0.995 every 5 steps from step 1000).
@@ -68,6 +89,13 @@ class DiffusionQLLoss(ActorCriticLoss):
         max_q_backup: max over ``num_backup_samples`` target actions per next state (AntMaze). Default False.
         num_backup_samples: target actions per next state for the max backup. Default 10.
         loss_function: critic regression loss, ``"l2"`` (official), ``"smooth_l1"`` or ``"l1"``. Default ``"l2"``.
+        action_approximation: ``"none"`` (the paper: the full differentiable chain) or ``"edp"`` (one-step
+            reconstruction, see above). Default ``"none"``.
+        target_sampler: sampler of the critic-target action (``"ddim"``, ``"diffusion_ql"``, ...); None: the
+            actor's own. Default None.
+        target_sampler_steps: steps of that sampler (fewer than T needs DDIM, the default then); None: all.
+        precision: ``"fp32"`` or ``"bf16"`` (the actor's network calls under bf16 autocast, see above). Default
+            ``"fp32"``.
         gamma: discount; shorthand for ``make_value_estimator(gamma=...)``. Default 0.99.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``. Default ``"mean"``.
 
@@ -111,6 +139,10 @@ class DiffusionQLLoss(ActorCriticLoss):
         max_q_backup: bool = False,
         num_backup_samples: int = 10,
         loss_function: str = "l2",
+        action_approximation: str = "none",
+        target_sampler: str | None = None,
+        target_sampler_steps: int | None = None,
+        precision: str = "fp32",
         gamma: float | None = None,
         reduction: str = "mean",
     ) -> None:
@@ -120,6 +152,21 @@ class DiffusionQLLoss(ActorCriticLoss):
             raise ValueError(f"q_normalization must be 'policy' or 'dataset', got {q_normalization!r}.")
         if num_backup_samples < 1:
             raise ValueError(f"num_backup_samples must be >= 1, got {num_backup_samples}.")
+        if action_approximation not in _APPROXIMATIONS:
+            raise ValueError(
+                f"action_approximation must be one of {_APPROXIMATIONS}, got {action_approximation!r}; 'none' is the "
+                "paper's full chain, 'edp' the one-step reconstruction."
+            )
+        self._target_sampling: dict[str, object] = {}
+        if target_sampler is not None or target_sampler_steps is not None:
+            choose = getattr(actor_network, "_sampling_choice", None)
+            if choose is not None:  # validates both (unknown sampler, steps out of range, non-DDIM with fewer steps)
+                choose(target_sampler, target_sampler_steps)
+            self._target_sampling = {"sampler": target_sampler, "inference_steps": target_sampler_steps}
+        device = next((p.device for p in actor_network.parameters()), torch.device("cpu"))
+        check_precision(precision, device)
+        self.action_approximation = action_approximation
+        self.precision = precision
         self._in_keys = None
         self.convert_to_functional(actor_network, "actor_network", create_target_params=True)
         self._init_qvalue(qvalue_network, num_qvalue_nets)
@@ -157,8 +204,13 @@ class DiffusionQLLoss(ActorCriticLoss):
         next_observation = self._read(tensordict, ("next", self.tensor_keys.observation))
         with torch.no_grad():
             num_samples = self.num_backup_samples if self.max_q_backup else None
-            with self.target_actor_network_params.to_module(self.actor_network, preserve_module_state=False):
-                next_action = self.actor_network.sample(next_observation, num_samples=num_samples)
+            with (
+                self.target_actor_network_params.to_module(self.actor_network, preserve_module_state=False),
+                precision_context(self.precision, next_observation.device),
+            ):
+                next_action = self.actor_network.sample(
+                    next_observation, num_samples=num_samples, **self._target_sampling
+                )
             if self.max_q_backup:
                 # [*B, N, A] candidates -> each critic's max over candidates, then the min over critics
                 repeated = next_observation.unsqueeze(-2).expand(*next_action.shape[:-1], next_observation.shape[-1])
@@ -173,9 +225,17 @@ class DiffusionQLLoss(ActorCriticLoss):
         weights = self._maybe_get_priority_weight(tensordict)
         observation = self._read(tensordict, self.tensor_keys.observation)
         action = self._read(tensordict, self.tensor_keys.action)
-        with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
-            bc_loss = self.actor_network.denoising_loss(observation, action)
-            policy_action = self.actor_network.sample(observation, grad=True)
+        with (
+            self.actor_network_params.to_module(self.actor_network, preserve_module_state=False),
+            precision_context(self.precision, observation.device),
+        ):
+            if self.action_approximation == "edp":
+                bc_loss, policy_action = self.actor_network.denoising_loss(
+                    observation, action, return_reconstruction=True
+                )
+            else:
+                bc_loss = self.actor_network.denoising_loss(observation, action)
+                policy_action = self.actor_network.sample(observation, grad=True)
         critic_params = self.qvalue_network_params.detach()
         q_policy = self._qvalues(self._q_input(observation, policy_action), critic_params)
         picked = self._pick_critics()
