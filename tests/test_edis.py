@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from diffrl import registry
-from diffrl.data.edis import EDISTransform
+from diffrl.data.edis import EDISConfig, EDISTransform
+from diffrl.data.edis.training import train_denoiser
+from diffrl.diffusion.edm import EDMDenoiser
+from diffrl.nn.denoisers import ResidualMLPDenoiser
 
 A, B = 0.9, 0.5  # the known linear system s' = A s + B a of tests (b) and (c)
 
@@ -212,70 +218,32 @@ def test_paper_preset_sizes():
     assert (cfg.denoiser["width"], cfg.denoiser["blocks"]) == (1024, 6)
     assert (cfg.sampler_steps, cfg.num_samples, cfg.diffusion_steps, cfg.s_churn) == (128, 100_000, 10_000, 80.0)
     assert cfg.guidance == {"state": 1.0, "policy": 0.2, "transition": 0.2}
+    # the official model: ReLU blocks without LayerNorm, AdamW betas (0.9, 0.99), EMA every 10 steps after step 100
+    assert (cfg.denoiser["activation"], cfg.denoiser["layer_norm"]) == ("relu", False)
+    assert (cfg.betas, cfg.ema, cfg.ema_every, cfg.ema_start) == ((0.9, 0.99), 0.995, 10, 100)
+    net = EDISTransform(obs_dim=2, action_dim=1, preset="paper", device="cpu", denoiser={"width": 8}).denoiser.net
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in net.blocks.modules())
+    assert isinstance(net.blocks[0].act, torch.nn.ReLU) and len(net.blocks) == 6
 
 
-def test_normalizer_is_frozen_after_the_first_fit_and_energies_warm_start_in_its_coordinates():
-    gen = torch.Generator().manual_seed(8)
-    first, later = transitions(64, gen), transitions(64, gen, state_mean=3.0)
-    tiny = {"diffusion_steps": 5, "num_samples": 16, "sampler_steps": 2, "energy_steps": 3, "energy_positives": 8}
-    edis = build(**tiny, guidance={"state": 1.0, "policy": 0.0, "transition": 0.0})
-    edis.fit(first, online=first)
-    mean, std = edis.normalizer.mean.clone(), edis.normalizer.std.clone()
-    energy = {k: v.clone() for k, v in edis.energies["state"].state_dict().items()}
-    edis.fit(torch.cat([first, later]), online=later)  # shifted data: a refit would move the coordinates
-    assert torch.equal(edis.normalizer.mean, mean) and torch.equal(edis.normalizer.std, std)
-    # the energy continued from its first-fit weights (its optimiser state too) instead of a fresh start
-    assert edis.energy_trained["state"] and len(edis._energy_optimizers["state"].state) > 0
-    moved = max((edis.energies["state"].state_dict()[k] - v).abs().max().item() for k, v in energy.items())
-    assert 0 < moved < 0.1, moved
+def test_ema_schedule_copies_until_start_then_updates_every_k_steps():
+    torch.manual_seed(0)
+    den = EDMDenoiser(ResidualMLPDenoiser(3, width=8, blocks=1, embed_dim=4))
+    ema = copy.deepcopy(den)
+    seen = []  # the model's weight after every optimiser step, and the EMA copy's at the same moment
 
-    # refit_normalizer=True: new coordinates every fit, and the energies start over in them
-    edis = build(**tiny, refit_normalizer=True, guidance={"state": 1.0, "policy": 0.0, "transition": 0.0})
-    edis.fit(first, online=first)
-    edis.fit(torch.cat([first, later]))  # no online data: the reset energies stay untrained
-    assert edis.normalizer.mean[0].item() == pytest.approx(1.5, abs=0.3)
-    assert not edis.energy_trained["state"]
+    def record(optimizer, args, kwargs):
+        seen.append((den.net.input_proj.weight.detach().clone(), ema.net.input_proj.weight.detach().clone()))
 
-
-@pytest.mark.parametrize(("key", "field", "where"), [
-    (("next", "reward"), "next.reward", "data"), ("observation", "observation", "online"),
-])  # fmt: skip
-def test_fit_refuses_non_finite_data_in_one_line(key, field, where):
-    gen = torch.Generator().manual_seed(9)
-    data, online = transitions(32, gen), transitions(16, gen)
-    bad = data if where == "data" else online
-    value = bad.get(key).clone()
-    value[5, 0], value[7, 0] = float("nan"), float("inf")
-    bad.set(key, value)
-    edis = build(diffusion_steps=5, num_samples=8, sampler_steps=2)
-    with pytest.raises(ValueError) as err:
-        edis.fit(data, online=online)
-    message = str(err.value)
-    assert "\n" not in message
-    assert f"{where} has 2 non-finite value(s) in {field!r}, first at transition 5 of {bad.shape[0]}" in message
-    assert int(edis.num_fits) == 0 and edis.pool is None  # nothing trained, no NaN pool
-
-
-def test_resample_replaces_the_pool_without_retraining_and_refresh_is_its_alias(fitted):
-    weights = fitted.ema_denoiser.net.input_proj.weight.clone()
-    old = fitted.pool
-    pool = fitted.resample(50, guided=False)
-    assert fitted.pool is pool and pool.shape == (50,) and not torch.equal(pool["observation"], old["observation"][:50])
-    assert fitted.refresh().shape == (fitted.config.num_samples,)
-    assert torch.equal(fitted.ema_denoiser.net.input_proj.weight, weights)
-    assert not hasattr(fitted, "regenerate")
-
-
-def test_default_sampler_churns_only_inside_sigma_window(fitted):
-    cfg = fitted.config
-    assert (cfg.s_tmin, cfg.s_tmax) == (0.05, 50.0)
-    calls = []
-    hook = fitted.ema_denoiser.register_forward_pre_hook(lambda module, args: calls.append(float(args[1])))
+    handle = register_optimizer_step_post_hook(record)
     try:
-        fitted._generate((4, fitted.layout.dim), 32)
+        cfg = EDISConfig(diffusion_steps=30, batch_size=8, ema_every=10, ema_start=20)
+        train_denoiser(den, ema, torch.randn(64, 3), cfg, torch.Generator().manual_seed(0))
     finally:
-        hook.remove()
-    grid = fitted._sigmas(32)[:-1].tolist()
-    churned = [i for i, (s, s_hat) in enumerate(zip(grid, calls[::2])) if s_hat > s * (1 + 1e-6)]
-    assert churned == [i for i, s in enumerate(grid) if 0.05 <= s <= 50.0]
-    assert 0 < len(churned) < 30
+        handle.remove()
+    final = ema.net.input_proj.weight.detach()
+    # the hook runs before the EMA update of its step: seen[k][1] is the copy after step k - 1
+    assert all(torch.equal(seen[k][1], seen[k - 1][0]) for k in range(1, 21))  # a plain copy up to ema_start
+    assert all(torch.equal(seen[k][1], seen[19][0]) for k in range(21, 30))  # then untouched for 9 steps
+    decay = 10 / 19  # the 10th step after the start: decay min(0.995, warm-up (1 + 9) / (10 + 9))
+    torch.testing.assert_close(final, torch.lerp(seen[19][0], seen[29][0], 1 - decay))

@@ -42,20 +42,30 @@ class EDISConfig:
         num_samples: size of the synthetic pool refilled by ``fit``/``refresh``. Default 5000 (paper 100k).
         sampler_steps: stochastic-Heun steps of pool sampling. Default 32 (paper 128).
         s_churn, s_tmin, s_tmax, s_noise: EDM stochasticity: noise is injected (churn) only at grid levels
-            ``s_tmin <= sigma <= s_tmax``. Defaults 80, 0.05, 50, 1.003, the values of the official EDIS code (EDM's
-            generic defaults 0 / inf would also churn at the largest levels, where it only adds variance, and at the
-            smallest, where it leaves residual noise in the samples).
+            ``s_tmin <= sigma <= s_tmax``. Defaults 80, 0.05, 50, 1.003: the official EDIS code's values (EDM's generic
+            window 0 / inf, which churns at every level, is not what EDIS runs).
         sigma_min, sigma_max, rho: Karras grid. Defaults 0.002, 80, 7.
         sample_batch_size: rows generated per sampler call (memory bound). Default 5000.
         denoiser: ``ResidualMLPDenoiser`` options (width, blocks, embed_dim, ...). Default 256 x 3 (paper 1024 x 6).
         diffusion_steps: denoiser training steps per fit (retrained from scratch). Default 2000 (paper 10k).
         batch_size: denoiser training batch. Default 256.
-        lr, weight_decay, grad_clip: AdamW with a cosine schedule. Defaults 1e-3, 0, 1 (paper lr 3e-4).
-        ema: EMA decay of the sampling denoiser. Default 0.995.
+        lr, betas, weight_decay, grad_clip: AdamW with a cosine schedule. Defaults 1e-3, (0.9, 0.999), 0, 1 (paper
+            lr 3e-4, betas (0.9, 0.99)).
+        ema, ema_every, ema_start: EMA decay of the sampling denoiser, applied every ``ema_every`` steps once
+            ``ema_start`` steps are done (before, the EMA copy equals the model). Defaults 0.995, 1, 0 (paper 0.995,
+            10, 100, as the official code).
         p_mean, p_std, sigma_data: EDM training noise distribution and data scale. Defaults -1.2, 1.2, 1.
         normalize_reward: z-score the reward column too (the official code leaves it raw). Default True: EDM's
             preconditioning assumes unit-scale data in every coordinate, and a raw reward column (e.g. Pendulum's
             [-16, 0]) is denoised badly at small sigma; the normalisation is inverted on output, so it costs nothing.
+        refit_normalizer: refit the z-score normaliser at every ``fit``. Default False: it is fit once, by the first
+            ``fit``, and frozen. The energies are warm-started across fits (their short per-fit budget accumulates, as
+            in the official code) and live in normalised coordinates; a refit normaliser would move every input under
+            them between fits, so the warm start would continue from a function of other coordinates. Freezing keeps
+            them consistent. The price: the scale is the first fit's data (the offline data when the hook fits at the
+            switch), so online data that drift far from it are no longer exactly unit-scale for the denoiser. True
+            refits at every fit and, to stay consistent, re-initialises the energies (and their optimisers) each time
+            (the official code refits the normaliser and keeps the energies, which mixes the two).
         terminal_channel: generate a terminal flag channel (synthetic transitions may then be terminal). Default False.
         clip_actions: clamp generated actions to the per-dimension range of the fitted data. Default True (keeps
             tanh-squashed actors' log-probabilities finite).
@@ -75,6 +85,7 @@ class EDISConfig:
     guidance: dict[str, float] = field(default_factory=_default_guidance)
     guidance_clip: float = 10.0
     guidance_sigma_scale: bool = True
+    mask_guidance: bool = False
     synthetic_fraction: float = 0.5
     num_samples: int = 5000
     sampler_steps: int = 32
@@ -104,7 +115,7 @@ class EDISConfig:
     terminal_channel: bool = False
     clip_actions: bool = True
     energy: dict[str, Any] = field(default_factory=_default_energy)
-    energy_steps: int = 200
+    energy_steps: int = 1000
     energy_batch_size: int = 64
     energy_lr: float = 1e-3
     num_negatives: int = 10
@@ -179,10 +190,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_samples": 100_000,
         "sampler_steps": 128,
         "sample_batch_size": 25_000,
-        "denoiser": {"width": 1024, "blocks": 6, "embed_dim": 256},
+        "denoiser": {"width": 1024, "blocks": 6, "embed_dim": 256, "activation": "relu", "layer_norm": False},
         "diffusion_steps": 10_000,
         "batch_size": 256,
         "lr": 3e-4,
+        "betas": (0.9, 0.99),
+        "ema_every": 10,
+        "ema_start": 100,
         "energy": {"width": 256, "depth": 3},
         "energy_steps": 20,
         "energy_batch_size": 256,

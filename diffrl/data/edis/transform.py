@@ -291,7 +291,11 @@ class EDISTransform(Transform):
             if not self.energy_trained[name]:
                 untrained.append(name)
                 continue
-            terms.append((self.energies[name], weight, self.layout.mask(_GUIDED_BLOCK[name]).to(self._device)))
+            if self.config.mask_guidance:
+                mask = self.layout.mask(_GUIDED_BLOCK[name])
+            else:
+                mask = torch.ones(self.layout.dim, dtype=torch.bool)
+            terms.append((self.energies[name], weight, mask.to(self._device)))
         if untrained:
             warnings.warn(
                 f"EDIS guided sampling skips the untrained energies {untrained} (their guidance weights are > 0): "
