@@ -9,6 +9,7 @@ import hashlib
 import multiprocessing
 import os
 import pickle
+import signal
 import stat
 import threading
 
@@ -18,7 +19,8 @@ import torch
 import yaml
 
 from diffrl.train.checkpoint import Checkpointer, CheckpointError
-from diffrl.train.config import run_recipe
+from diffrl.train.config import ConfigError, run_recipe
+from diffrl.train.faults import NonFiniteLossError, RunInterrupted
 from diffrl.train.files import atomic_write_text
 from diffrl.train.run import fresh_run_dir, start_run
 
@@ -198,10 +200,11 @@ TOY = """\
 seed: 0
 resume: null
 device: cpu
+threads: 1
 model: {hidden: 8}
 data: {batch_size: 4}
 offline: {steps: 4}
-online: {steps: 6}
+online: {steps: 6, utd_ratio: 1.0}
 eval: {every: 2, episodes: 1}
 logger: {dir: RUNS/toy, backend: csv, keep: 2}
 """
@@ -293,3 +296,85 @@ def test_the_run_and_its_checkpoints_record_the_recipe_and_another_recipe_is_ref
     with pytest.raises(SystemExit):
         run_recipe(_toy_main, toy.parent / "other.py", [f"resume={run_dir / 'checkpoints' / 'step_000000006.pt'}"])
     assert "written by recipe 'toy', not 'other'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ bad input, stops
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("offline.steps=-5", "config key 'offline.steps' must be >= 0, got -5; e.g. offline.steps=4"),
+        ("online.steps=-1", "'online.steps' must be >= 0"),
+        ("data.batch_size=0", "config key 'data.batch_size' must be >= 1, got 0; e.g. data.batch_size=4"),
+        ("threads=-1", "'threads' must be >= 0"),
+        ("online.utd_ratio=0", "'online.utd_ratio' must be > 0, got 0.0"),
+        ("eval.episodes=0", "'eval.episodes' must be >= 1"),
+        ("eval.every=-2", "'eval.every' must be >= 0"),
+        ("logger.keep=0", "'logger.keep' must be >= 1"),
+    ],
+)
+def test_out_of_range_numbers_are_one_line_exit_2_and_nothing_on_disk(toy, capsys, override, message):
+    with pytest.raises(SystemExit) as info:
+        run_recipe(_toy_main, toy, [override])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err == f"error: {err[7:].strip()}\n" and message in err
+    assert not (toy.parent / "runs").exists()
+
+
+def test_bad_input_found_after_the_run_started_removes_the_directory_it_created(toy, capsys):
+    from diffrl.registry import RegistryError
+
+    def fails_late(error):
+        def main(cfg):
+            run = start_run(cfg)
+            run.log({"train/x": 1.0}, 1)
+            raise error("unknown dataset id 'nope'; e.g. data.dataset_id=diffrl/pendulum/medium-v0")
+
+        return main
+
+    for error in (ConfigError, RegistryError):
+        with pytest.raises(SystemExit) as info:
+            run_recipe(fails_late(error), toy, [])
+        assert info.value.code == 2 and "unknown dataset id" in capsys.readouterr().err
+        assert list((toy.parent / "runs").iterdir()) == []  # the parent stays; the run directory is gone
+
+    run_dir = run_recipe(_toy_main, toy, ["online.steps=2"])  # a run with checkpoints is never removed
+    with pytest.raises(SystemExit):
+        run_recipe(fails_late(ConfigError), toy, [f"resume={run_dir}"])
+    assert (run_dir / "config.yaml").is_file() and any(run_dir.glob("checkpoints/step_*.pt"))
+
+
+def test_an_interrupted_run_prints_where_its_checkpoint_is_and_how_to_resume(toy, capsys):
+    def interrupted(signum, message=""):
+        def main(cfg):
+            run = start_run(cfg)
+            run.save(4, net=torch.nn.Linear(1, 1))
+            raise RunInterrupted(signum, message)
+
+        return main
+
+    with pytest.raises(SystemExit) as info:
+        run_recipe(interrupted(signal.SIGINT), toy, [])
+    err = capsys.readouterr().err
+    run_dir = toy.parent / "runs" / "toy"
+    assert info.value.code == 130 and err.count("\n") == 1
+    assert err.startswith(f"interrupted by SIGINT at step 4; checkpoint saved: {run_dir}/checkpoints/step_000000004.pt")
+    assert err.rstrip().endswith(f"toy.py resume={run_dir}")
+    with pytest.raises(SystemExit) as info:
+        run_recipe(interrupted(signal.SIGTERM, "interrupted by SIGTERM at step 9; the loop's own line"), toy, [])
+    assert (
+        info.value.code == 143 and capsys.readouterr().err == "interrupted by SIGTERM at step 9; the loop's own line\n"
+    )
+
+
+def test_a_non_finite_loss_is_one_error_line_and_exit_1(toy, capsys):
+    def diverges(cfg):
+        raise NonFiniteLossError(3, "loss_qvalue", float("nan"), "last good checkpoint: step_000000002.pt")
+
+    with pytest.raises(SystemExit) as info:
+        run_recipe(diverges, toy, [])
+    assert info.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: non-finite loss_qvalue (nan) at step 3; last good checkpoint: step_000000002.pt\n"
+    )

@@ -28,6 +28,7 @@ traceback and exits with status 2.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import fnmatch
@@ -50,6 +51,8 @@ __all__ = [
     "ConfigOrigin",
     "RESUME_MAY_CHANGE",
     "RUN_RECORD",
+    "VALUE_RULES",
+    "check_values",
     "check_resume_changes",
     "recipe_of_run",
     "config_origin",
@@ -76,6 +79,24 @@ RESUME_MAY_CHANGE: tuple[str, ...] = (
     "threads",
     "compile",
 )
+
+# Range checks by full dotted key, applied by load_config to every key of this table the recipe's config has (so a
+# recipe without an online phase is not asked about online.*). null passes: it means "the default" where allowed.
+VALUE_RULES: dict[str, tuple[str, float]] = {
+    "offline.steps": (">=", 0),
+    "online.steps": (">=", 0),
+    "online.random_steps": (">=", 0),
+    "online.utd_ratio": (">", 0),
+    "online.batch_size": (">=", 1),
+    "online.frames_per_batch": (">=", 1),
+    "data.batch_size": (">=", 1),
+    "eval.every": (">=", 0),
+    "eval.episodes": (">=", 1),
+    "threads": (">=", 0),
+    "logger.keep": (">=", 1),
+    "logger.log_every": (">=", 1),
+    "logger.checkpoint_every": (">=", 1),
+}
 
 # Command-line names with a meaning of their own; a recipe YAML must not define them.
 _RESERVED = ("config",)
@@ -204,6 +225,31 @@ def _short_value(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def check_values(cfg: Mapping | DictConfig, defaults: Mapping | None = None) -> None:
+    """Raise a one-line :class:`ConfigError` for the first value out of the range :data:`VALUE_RULES` gives its key.
+
+    Example:
+        >>> check_values({"offline": {"steps": 10}, "data": {"batch_size": 256}})
+        >>> try:
+        ...     check_values({"data": {"batch_size": 0}}, defaults={"data": {"batch_size": 256}})
+        ... except ConfigError as err:
+        ...     print(err)
+        config key 'data.batch_size' must be >= 1, got 0; e.g. data.batch_size=256
+    """
+    flat, flat_defaults = _flatten(cfg), _flatten(defaults or {})
+    for key, (op, bound) in VALUE_RULES.items():
+        value = flat.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # absent, null, or a wrong type (reported by the type check)
+        if value >= bound if op == ">=" else value > bound:
+            continue
+        default = flat_defaults.get(key)
+        example = default if isinstance(default, (int, float)) and not isinstance(default, bool) else bound
+        raise ConfigError(
+            f"config key '{key}' must be {op} {_format_default(bound)}, got {value!r}; e.g. {key}={example}"
+        )
+
+
 def config_path(recipe: str | os.PathLike) -> Path:
     """Where the YAML of ``recipe`` lives.
 
@@ -284,6 +330,7 @@ def load_config(recipe: str | os.PathLike, argv: Sequence[str] | None = None) ->
         _set_override(cfg, schema, key, raw, add=add)
 
     conf = _resolved(cfg)
+    check_values(conf, schema)  # before the run starts: bad numbers leave nothing on disk
     changes: dict[str, tuple[Any, Any]] = {}
     if baseline is not None:
         changes = resume_changes(_resolved(baseline), conf)
@@ -328,7 +375,11 @@ def run_recipe(
 
     A recipe ends with ``if __name__ == "__main__": run_recipe(main)``. ``ConfigError`` and registry lookup errors
     (both are user input: keys and component names come from the config) are printed as ``error: ...`` on stderr
-    without a traceback; any other exception propagates unchanged.
+    without a traceback, exit status 2, and a run directory this call created is removed if it holds no checkpoint
+    yet (bad input leaves nothing behind). A :class:`~diffrl.train.faults.RunInterrupted` prints where the
+    checkpoint is and the resume command (exit 130 for SIGINT, 143 for SIGTERM); a
+    :class:`~diffrl.train.faults.NonFiniteLossError` prints one ``error:`` line (exit 1). Any other exception
+    propagates unchanged.
 
     Args:
         main: the recipe body, called with the resolved config; its return value is returned.
@@ -352,12 +403,58 @@ def run_recipe(
 
     if recipe is None:
         recipe = sys.modules[main.__module__].__file__
+    claimed_before = len(_run_dirs("claimed_run_dirs"))
     try:
         cfg = load_config(recipe, argv)
         return main(cfg)
     except (ConfigError, RegistryError) as err:
+        _remove_unused_run_dirs(_run_dirs("claimed_run_dirs")[claimed_before:])
         print(f"error: {_one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as err:
+        # The loop's deliberate stops (diffrl.train.faults; imported by whoever raised them, so looked up, not
+        # imported here: --help stays fast).
+        faults = sys.modules.get("diffrl.train.faults")
+        if faults is not None and isinstance(err, faults.RunInterrupted):
+            print(err.message or _interrupted_line(err, recipe), file=sys.stderr, flush=True)
+            raise SystemExit(err.exit_status) from None
+        if faults is not None and isinstance(err, faults.NonFiniteLossError):
+            print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        raise
+
+
+def _run_dirs(which: str) -> list[Path]:
+    # diffrl.train.run is imported by a recipe that starts a run; if it is not, no run directory was made.
+    run_module = sys.modules.get("diffrl.train.run")
+    return getattr(run_module, which)() if run_module is not None else []
+
+
+def _remove_unused_run_dirs(claimed: Sequence[Path]) -> None:
+    # Bad input found after the run directory was claimed (a registry typo, a dataset id...): the directory holds
+    # only what this process wrote before the error, so it goes, unless a checkpoint made it worth keeping.
+    import shutil
+
+    for run_dir in claimed:
+        if run_dir.is_dir() and not any(run_dir.rglob("step_*.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _interrupted_line(err: Any, recipe: str | os.PathLike) -> str:
+    started = _run_dirs("started_run_dirs")
+    run_dir = started[-1] if started else None
+    checkpoints = sorted(run_dir.glob("checkpoints/step_*.pt")) if run_dir is not None else []
+    if not checkpoints:
+        return f"interrupted by {err.signal_name}; no checkpoint was saved, so a new run starts from scratch"
+    latest = checkpoints[-1]
+    step = int(latest.stem.split("_")[1])
+    script = Path(recipe)
+    with contextlib.suppress(ValueError):
+        script = script.resolve().relative_to(Path.cwd())
+    return (
+        f"interrupted by {err.signal_name} at step {step}; checkpoint saved: {latest}; "
+        f"resume with: python {script} resume={run_dir}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------- parsing

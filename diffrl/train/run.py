@@ -39,9 +39,10 @@ from diffrl.train.config import (
 from diffrl.train.files import atomic_write_text
 from diffrl.train.metrics import MetricLogger, check_backend
 
-__all__ = ["Run", "start_run", "fresh_run_dir", "claimed_run_dirs"]
+__all__ = ["Run", "start_run", "fresh_run_dir", "claimed_run_dirs", "started_run_dirs"]
 
 _CLAIMED: list[Path] = []  # run directories this process created (fresh_run_dir)
+_STARTED: list[Path] = []  # run directories this process opened with start_run (fresh or resumed)
 
 
 def fresh_run_dir(path: str | os.PathLike) -> Path:
@@ -81,6 +82,16 @@ def claimed_run_dirs() -> list[Path]:
         True
     """
     return list(_CLAIMED)
+
+
+def started_run_dirs() -> list[Path]:
+    """The run directories :func:`start_run` opened in this process (fresh or resumed), oldest first.
+
+    Example:
+        >>> isinstance(started_run_dirs(), list)
+        True
+    """
+    return list(_STARTED)
 
 
 def _run_dir_of(checkpoint: Path) -> Path | None:
@@ -239,6 +250,7 @@ def start_run(cfg: DictConfig) -> Run:
         record = {"recipe": recipe, "started": datetime.now().isoformat(timespec="seconds"), "pid": os.getpid()}
         atomic_write_text(logger.dir / RUN_RECORD, yaml.safe_dump(record, sort_keys=False))
     checkpointer = Checkpointer(logger.dir / "checkpoints", keep=logger_cfg.get("keep", 2), recipe=recipe)
+    _STARTED.append(logger.dir)
     return Run(
         logger.dir,
         logger,
