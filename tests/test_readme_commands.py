@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import io
 import os
 import re
@@ -125,6 +126,22 @@ def _recipe_args(args: list[str], cwd: Path) -> list[str]:
     return filled
 
 
+def _run_module_as_main(name: str) -> None:
+    """``python -m name``: execute the module's (a package's ``__main__``'s) source as ``__main__``.
+
+    Not ``runpy.run_module``: when pytest's doctest collection imported the module first, its spec's loader is
+    pytest's assertion rewriter, which runpy cannot take code from; the source file is all ``python -m`` needs.
+    """
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin, f"no module {name}"
+    if spec.submodule_search_locations is not None:  # a package: python -m runs its __main__
+        spec = importlib.util.find_spec(f"{name}.__main__")
+        assert spec is not None and spec.origin, f"package {name} has no __main__ module"
+    source = Path(spec.origin).read_text()
+    namespace = {"__name__": "__main__", "__file__": spec.origin, "__package__": spec.parent, "__spec__": None}
+    exec(compile(source, spec.origin, "exec"), namespace)
+
+
 def run(invocation: Invocation, cwd: Path) -> tuple[int, str]:
     """Run one invocation in this process as ``python`` would; returns (exit status, stdout + stderr)."""
     out = io.StringIO()
@@ -139,7 +156,7 @@ def run(invocation: Invocation, cwd: Path) -> tuple[int, str]:
                 runpy.run_path(invocation.target, run_name="__main__")
             elif invocation.kind == "module":
                 sys.argv = [invocation.target, *invocation.argv]
-                runpy.run_module(invocation.target, run_name="__main__", alter_sys=True)
+                _run_module_as_main(invocation.target)
             else:
                 module, _, function = invocation.target.partition(":")
                 sys.argv = [module, *invocation.argv]
