@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from diffrl.train.checkpoint import Checkpointer, CheckpointError
-from diffrl.train.config import ConfigError, run_recipe
+from diffrl.train.config import ConfigError, load_config, run_recipe
 from diffrl.train.faults import NonFiniteLossError, RunInterrupted
 from diffrl.train.files import atomic_write_text
 from diffrl.train.run import fresh_run_dir, start_run
@@ -378,3 +378,58 @@ def test_a_non_finite_loss_is_one_error_line_and_exit_1(toy, capsys):
     assert capsys.readouterr().err == (
         "error: non-finite loss_qvalue (nan) at step 3; last good checkpoint: step_000000002.pt\n"
     )
+
+
+# ------------------------------------------------------------------------------------------------ config composition
+
+
+def test_a_config_extends_its_base_and_adds_sections(toy, capsys):
+    configs = toy.parent / "configs"
+    (configs / "variant.yaml").write_text(
+        "_base_: toy.yaml\nmodel: {hidden: 16}\nedis: {num_samples: 64, guidance: {state: 1.0}}\n"
+    )
+    (configs / "variant2.yaml").write_text("_base_: variant.yaml\nedis: {num_samples: 32}\n")  # a chain
+    cfg = load_config(toy.parent / "variant2.py", ["edis.guidance.state=0.5"])
+    assert cfg.model.hidden == 16 and cfg.data.batch_size == 4 and cfg.edis.num_samples == 32
+    assert cfg.edis.guidance.state == 0.5 and "_base_" not in cfg
+    with pytest.raises(ConfigError, match=r"unknown config key 'edis\.num_sample'"):  # the merged config is strict
+        load_config(toy.parent / "variant2.py", ["edis.num_sample=3"])
+    with pytest.raises(SystemExit):
+        load_config(toy.parent / "variant2.py", ["--help"])
+    shown = yaml.safe_load(capsys.readouterr().out.split(":\n\n", 1)[1])
+    assert shown["edis"] == {"num_samples": 32, "guidance": {"state": 1.0}} and shown["offline"] == {"steps": 4}
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"a.yaml": "_base_: b.yaml\n", "b.yaml": "_base_: a.yaml\n"}, r"cycle \(a\.yaml -> b\.yaml -> a\.yaml\)"),
+        ({"a.yaml": "_base_: missing.yaml\n"}, r"extends 'missing\.yaml' \(_base_\), which does not exist"),
+        ({"a.yaml": "_base_: toy.yaml\nmodel: {hidden: [8, 8]}\n"}, r"'model\.hidden' expects int, got \[8, 8\] \(a"),
+        ({"a.yaml": "_base_: toy.yaml\nmodel: 3\n"}, r"'model' is a section"),
+    ],
+)
+def test_a_broken_base_chain_is_one_line(toy, files, message):
+    for name, text in files.items():
+        (toy.parent / "configs" / name).write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(toy.parent / "a.py", [])
+    assert "\n" not in str(info.value)
+
+
+def test_config_accepts_a_short_name(toy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    configs = toy.parent / "configs"
+    (configs / "toy").mkdir()
+    (configs / "toy" / "hopper.yaml").write_text("offline: {steps: 11}\n")
+    (configs / "toy_walker.yaml").write_text("offline: {steps: 22}\n")
+    assert load_config(toy, ["config=hopper"]).offline.steps == 11
+    assert load_config(toy, ["config=hopper.yaml"]).offline.steps == 11
+    assert load_config(toy, ["config=walker"]).offline.steps == 22
+    assert load_config(toy, ["config=toy_walker.yaml"]).offline.steps == 22  # the full file name still works
+    assert load_config(toy, ["config=toy_hopper.yaml"]).offline.steps == 11  # and the old flat name, once moved
+    with pytest.raises(ConfigError) as info:
+        load_config(toy, ["config=ant"])
+    message = str(info.value)
+    for tried in ("configs/toy/ant.yaml", "configs/toy_ant.yaml", f"{tmp_path}/ant and", "configs/ant"):
+        assert tried in message

@@ -10,14 +10,22 @@
    ``logger.dir``, ``device``, ``threads``, ``compile``); any other difference is refused before anything is written
    (start a new run for it). The saved ``config.yaml`` is never rewritten: each successful resume appends what it
    changed to ``resumes.yaml`` in the run directory. A run started by another recipe (its ``run.yaml``) is refused.
-3. ``config=FILE.yaml`` files, in order (looked up in the working directory, then in ``recipes/configs/``). A per-task
-   file holds only what differs from the defaults.
+3. ``config=NAME`` files, in order. A per-task file holds only what differs from the defaults. For recipe ``R``,
+   ``config=hopper_medium`` is looked up as ``recipes/configs/R/hopper_medium.yaml``, then
+   ``recipes/configs/R_hopper_medium.yaml``, then as given (``config=path/to/file.yaml``: the working directory, then
+   ``recipes/configs/``); the error for a missing file lists every path tried.
 4. Dotted overrides ``a.b=value``; values are parsed as YAML (``3``, ``1e-3``, ``true``, ``[256, 256]``, ``null``).
 5. Interpolations (``${seed}``, ``${now:%Y%m%d-%H%M%S}``) are resolved.
 
 Strictness, because a typo that silently changes nothing costs a whole run: an unknown key is an error naming it and
 the valid keys at its level; a value of the wrong type is an error naming the expected type (an int key accepts
 ``1e6``, a float key accepts ints, a string key accepts anything, a key whose default is ``null`` accepts anything).
+
+Composition: a YAML file may extend another with a top-level ``_base_: other.yaml`` (a path relative to the file's own
+directory; a base may have a base of its own; a cycle is an error). The base is read first and the file is laid over
+it: its values replace the base's (same type, or null), and it may add sections and keys of its own. So a variant
+recipe's YAML holds only what it adds or changes, e.g. ``edis_calql.yaml`` = ``_base_: calql.yaml`` + an ``edis:``
+section + a few other defaults; ``--help`` prints the merged result. Per-task files may use ``_base_`` too.
 
 Adding a key: write it, with its default, in the recipe's YAML (``null`` if it has no natural default); every run and
 per-task file may then set it. A one-off key absent from the YAML can be passed as ``+section.key=value``.
@@ -300,7 +308,7 @@ def load_config(recipe: str | os.PathLike, argv: Sequence[str] | None = None) ->
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     path = config_path(recipe)
-    schema = _read_yaml(path, what=f"config of recipe '{path.stem}'")
+    schema = _read_composed(path, what=f"config of recipe '{path.stem}'")
     for key in _RESERVED:
         if key in schema:
             raise ConfigError(
@@ -324,8 +332,9 @@ def load_config(recipe: str | os.PathLike, argv: Sequence[str] | None = None) ->
             saved = None
 
     for file in task_files:
-        task_path = _find_task_file(file, path.parent)
-        _merge_strict(cfg, schema, _read_yaml(task_path, what="per-task config"), prefix="", source=task_path.name)
+        task_path = _find_task_file(file, path.parent, path.stem)
+        task = _read_composed(task_path, what="per-task config")
+        _merge_strict(cfg, schema, task, prefix="", source=task_path.name)
     for key, raw, add in overrides:
         _set_override(cfg, schema, key, raw, add=add)
 
@@ -506,13 +515,69 @@ def _read_yaml(path: Path, *, what: str) -> dict:
     return data
 
 
-def _find_task_file(name: str, configs_dir: Path) -> Path:
-    candidates = [Path(name), configs_dir / name]
-    for candidate in candidates:
+def _find_task_file(name: str, configs_dir: Path, recipe: str) -> Path:
+    candidates: list[Path] = []
+    if name and "/" not in name and os.sep not in name:  # a short name: the recipe's own per-task files first
+        stem = re.sub(r"\.ya?ml$", "", name)
+        candidates += [configs_dir / recipe / f"{stem}.yaml", configs_dir / f"{recipe}_{stem}.yaml"]
+        if stem.startswith(f"{recipe}_"):  # config=calql_hopper_medium.yaml after the move to configs/calql/
+            candidates.append(configs_dir / recipe / f"{stem[len(recipe) + 1 :]}.yaml")
+    candidates += [Path(name), configs_dir / name]
+    unique = list(dict.fromkeys(candidates))
+    for candidate in unique:
         if candidate.is_file():
             return candidate
-    looked = " and ".join(str(c.resolve()) for c in candidates)
-    raise ConfigError(f"config file not found: {name!r} (looked for {looked}); pass an existing per-task YAML file")
+    shown = [str(c.resolve()) for c in unique]
+    looked = ", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]
+    raise ConfigError(
+        f"config file not found: {name!r} (looked for {looked}); pass an existing per-task YAML file or its short name"
+    )
+
+
+_BASE_KEY = "_base_"
+
+
+def _read_composed(path: Path, *, what: str, chain: tuple[Path, ...] = ()) -> dict:
+    """The YAML at ``path`` laid over the base it names with ``_base_`` (recursively)."""
+    data = _read_yaml(path, what=what)
+    base_name = data.pop(_BASE_KEY, None)
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str) or not base_name.strip():
+        raise ConfigError(
+            f"{path}: {_BASE_KEY} must name a YAML file relative to {path.parent}, got {base_name!r}; "
+            f"e.g. {_BASE_KEY}: calql.yaml"
+        )
+    chain = (*chain, path.resolve())
+    base_path = path.parent / base_name
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(p.name for p in (*chain, base_path.resolve()))
+        raise ConfigError(f"config files extend each other in a cycle ({cycle}); remove one {_BASE_KEY}")
+    if not base_path.is_file():
+        raise ConfigError(
+            f"{path} extends {base_name!r} ({_BASE_KEY}), which does not exist at {base_path.resolve()}; "
+            f"give a path relative to {path.parent}"
+        )
+    base = _read_composed(base_path, what=f"base of {path.name}", chain=chain)
+    _merge_overlay(base, data, prefix="", source=path.name)
+    return base
+
+
+def _merge_overlay(base: dict, overlay: Mapping, *, prefix: str, source: str) -> None:
+    # An overlay is part of the schema: it may add keys; a key it shares with the base keeps the base's type
+    # (null is accepted, turning the key untyped), so "hidden_sizes: 128" for a list is still caught.
+    for key, value in overlay.items():
+        full = f"{prefix}{key}"
+        if key not in base:
+            base[key] = copy.deepcopy(value)
+        elif isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                _not_a_section(full, base[key], value, source)
+            _merge_overlay(base[key], value, prefix=f"{full}.", source=source)
+        elif value is None:
+            base[key] = None
+        else:
+            base[key] = copy.deepcopy(_check_type(full, value, base[key], source=source))
 
 
 def _run_dir_of_resume(resume: str) -> Path:
