@@ -3,10 +3,12 @@
 Every run writes CSV (TorchRL's ``CSVLogger``), so the plot command and the summary line always work; ``backend``
 adds TensorBoard or Weights & Biases on top. A run directory looks like::
 
-    <run_dir>/config.yaml              the resolved configuration of the run
+    <run_dir>/config.yaml              the resolved configuration the run started with (never rewritten)
+    <run_dir>/run.yaml                 the recipe that started it (see diffrl.train.run)
+    <run_dir>/resumes.yaml             one entry per successful resume: step, checkpoint, time, keys changed
     <run_dir>/scalars/<name>.csv       one "step,value" line per call; "eval/return" -> scalars/eval/return.csv
     <run_dir>/tensorboard/             with backend=tensorboard
-    <run_dir>/checkpoints/step_*.pt    see diffrl.train.checkpoint
+    <run_dir>/checkpoints/step_*.pt    see diffrl.train.checkpoint (each with its step_*.pt.sha256 digest)
 """
 
 from __future__ import annotations
