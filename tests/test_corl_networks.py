@@ -251,3 +251,9 @@ def test_builders_refuse_bad_sizes_with_one_line(kind, name, dims, options, argu
 def test_tanh_normal_refuses_an_unknown_scale_mapping():
     with pytest.raises(ValueError, match="unknown scale_mapping 'corl2'; accepted"):
         tanh_normal(obs_dim=3, action_dim=2, scale_mapping="corl2")
+
+
+def test_q_refuses_an_ensemble_size_and_points_to_twin_q():
+    with pytest.raises(ValueError, match="use name: twin_q"):
+        registry.build("critic", {"name": "q", "num_nets": 2}, obs_dim=3, action_dim=2)
+    assert registry.build("critic", {"name": "q", "num_nets": 1}, obs_dim=3, action_dim=2).module.num_nets == 1
