@@ -208,3 +208,11 @@ def test_failed_dataset_write_names_the_directory_and_leaves_nothing(tmp_path, m
         make_dataset(
             "Pendulum-v1", lambda obs: pytest.fail("collected before checking"), "test/faults/x-v0", num_steps=5
         )
+
+
+def test_datasets_root_that_cannot_be_created_is_named(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with datasets_path_override(tmp_path / "a-file" / "datasets"), pytest.raises(DatasetWriteError) as info:
+        load_dataset("test/faults/anything-v0")
+    assert str(info.value).startswith(f"cannot create the datasets directory {tmp_path / 'a-file' / 'datasets'} (")
+    assert "MINARI_DATASETS_PATH" in str(info.value)

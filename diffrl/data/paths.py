@@ -31,7 +31,7 @@ class DatasetWriteError(OSError, ConfigError):
 
 
 def write_error(
-    directory: str | os.PathLike, err: OSError | None = None, what: str = "write datasets"
+    directory: str | os.PathLike, err: OSError | None = None, what: str = "write datasets in"
 ) -> DatasetWriteError:
     """The one-line :class:`DatasetWriteError` for ``directory`` (``err``: the OS error that showed it).
 
@@ -42,7 +42,7 @@ def write_error(
     """
     reason = f" ({type(err).__name__}: {err.strerror or err})" if err is not None else " (no write permission)"
     return DatasetWriteError(
-        f"cannot {what} in {directory}{reason}. Fix: point {ENV_VAR} at a writable directory "
+        f"cannot {what} {directory}{reason}. Fix: point {ENV_VAR} at a writable directory "
         f"(now {os.environ.get(ENV_VAR, 'unset: ~/.minari/datasets')}), or make {directory} writable."
     )
 
@@ -73,7 +73,9 @@ def datasets_root() -> Path:
     try:
         return Path(get_dataset_path())  # creates the directory when missing
     except OSError as err:
-        raise write_error(err.filename or os.environ.get(ENV_VAR, "~/.minari/datasets"), err, "create") from None
+        raise write_error(
+            err.filename or os.environ.get(ENV_VAR, "~/.minari/datasets"), err, "create the datasets directory"
+        ) from None
 
 
 def dataset_dir(dataset_id: str) -> Path:
