@@ -359,7 +359,7 @@ def build(kind: str, cfg: Any, /, **kwargs: Any) -> Any:
     except TypeError as err:
         signature = _signature(factory)
         raise TypeError(
-            f"building {kind} {name!r} with arguments {sorted(arguments)} failed: {err}. "
+            f"building {kind} {name!r} with arguments {sorted(arguments)} failed: {str(err).rstrip('.')}. "
             f"Its signature is {name}{signature}."
         ) from err
 
