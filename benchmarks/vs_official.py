@@ -55,17 +55,23 @@ _FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "a
 
 def machine_line(device: str) -> str:
     """CPU model, the flags that decide matmul speed, torch version and threads (and the GPU, if used)."""
-    model, flags = platform.processor() or "unknown CPU", set()
+    model, flags, ident = platform.processor() or "unknown CPU", set(), []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and model in ("unknown CPU", "x86_64", ""):
-                    model = line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "model name" and model in ("unknown CPU", "x86_64", ""):
+                    model = value
+                elif key in ("cpu family", "model", "stepping", "microcode") and len(ident) < 4:
+                    ident.append(f"{key} {value}")
                 elif line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
                     break
     except OSError:
         pass
+    if ident:
+        model += f" ({', '.join(ident)})"
     have = [f for f in _FLAGS if f in flags]
     line = (
         f"CPU: {model}, {os.cpu_count()} logical CPUs, flags: {' '.join(have) or 'none of ' + '/'.join(_FLAGS)}; "
@@ -245,7 +251,7 @@ def main() -> None:
         fast = {"action_approximation": "edp", "target_sampler": "ddim", "target_sampler_steps": args.target_steps}
         precision = args.fast_precision
         if precision == "auto":
-            from diffrl.objectives.diffusion_ql import native_bf16
+            from diffrl.modules.diffusion_actor import native_bf16
 
             precision = "bf16" if native_bf16(device) else "fp32"
         fast["precision"] = precision

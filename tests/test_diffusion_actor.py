@@ -217,3 +217,39 @@ def test_actor_runs_in_a_collector_on_pendulum():
     assert bool((actions.abs() <= 2).all()) and actions.std() > 0.1
     assert bool(torch.isfinite(batches[-1]["next", "reward"]).all())
     env.close()
+
+
+def test_per_call_sampler_override_equals_an_actor_built_with_it():
+    """``sample(..., sampler=, inference_steps=)`` (critic targets, evaluation) is the actor built with those options,
+    same weights and seed; the actor's own setting is untouched."""
+    torch.manual_seed(0)
+    actor = small_actor(num_steps=6)
+    ddim = small_actor(num_steps=6, inference_steps=3)
+    ddim.load_state_dict(actor.state_dict())
+    obs = torch.randn(5, 3)
+    torch.manual_seed(1)
+    got = actor.sample(obs, num_samples=4, inference_steps=3)
+    torch.manual_seed(1)
+    torch.testing.assert_close(got, ddim.sample(obs, num_samples=4))
+    torch.manual_seed(1)
+    default = actor.sample(obs, num_samples=4)
+    assert not torch.allclose(default, got) and actor.sampler == "diffusion_ql"
+    fixed = actor.sample(obs, deterministic=True, sampler="ddim", inference_steps=2)
+    torch.testing.assert_close(fixed, actor.sample(obs, deterministic=True, sampler="ddim", inference_steps=2))
+    with pytest.raises(ValueError, match="sampler='ddim' for fewer steps"):
+        actor.sample(obs, sampler="qsm", inference_steps=3)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        actor.sample(obs, sampler="euler")
+
+
+def test_denoising_loss_reconstruction_is_clamped_and_differentiable():
+    torch.manual_seed(2)
+    actor = small_actor(action_low=-0.5, action_high=0.5)
+    obs, action = torch.randn(64, 3), torch.rand(64, 2) - 0.5
+    torch.manual_seed(3)
+    loss, a0 = actor.denoising_loss(obs, action, return_reconstruction=True)
+    torch.manual_seed(3)
+    torch.testing.assert_close(loss, actor.denoising_loss(obs, action))  # same draws, same loss
+    assert a0.shape == (64, 2) and bool((a0.abs() <= 0.5).all()) and a0.requires_grad
+    (grad,) = torch.autograd.grad(a0.sum(), [actor.network.layers[-1].bias])
+    assert grad.abs().sum() > 0

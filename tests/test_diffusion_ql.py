@@ -16,6 +16,7 @@ from torchrl.modules import MLP, ValueOperator
 from torchrl.objectives import SoftUpdate
 
 from diffrl import registry
+from diffrl.diffusion import ddpm
 from diffrl.objectives.diffusion_ql import DiffusionQLLoss
 from diffrl.objectives.updaters import diffusion_ql_updater
 
@@ -432,3 +433,132 @@ def test_compiled_terms_equal_the_eager_terms(options):
                 assert (g is None) == (c is None)
                 if g is not None:
                     torch.testing.assert_close(c, g, rtol=1e-3, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ fast options (departures)
+@pytest.mark.parametrize("kind", CRITICS)
+def test_edp_q_term_is_at_the_one_step_reconstruction_of_the_bc_call(kind):
+    """``action_approximation="edp"``: no reverse chain in the actor term; the Q term is evaluated at the clamped
+    one-step reconstruction from the BC term's own noised action and network call."""
+    torch.manual_seed(1)
+    eta = 2.5
+    loss = make_loss(kind, eta=eta, action_approximation="edp")
+    separate_critics(loss)
+    actor = loss.actor_network
+    batch = make_batch(32)
+    observation, action = batch["observation"], batch["action"]
+
+    def no_chain(*args, **kwargs):
+        raise AssertionError("the EDP actor term ran the reverse chain")
+
+    actor.sample, sample = no_chain, actor.sample
+    torch.manual_seed(7)
+    value, metadata = loss.actor_loss(batch)
+    actor.sample = sample
+
+    torch.manual_seed(7)  # the same draws, in the loss's order: t, eps, then the coin flip
+    sched = actor.schedule
+    t = torch.randint(0, STEPS, (32,))
+    noise = torch.randn(32, ACT)
+    with loss.actor_network_params.to_module(actor):
+        x_t = sched.sqrt_alphas_cumprod[t, None] * action + sched.sqrt_one_minus_alphas_cumprod[t, None] * noise
+        eps = actor.network(x_t, t, observation)
+    bc = (eps - noise).pow(2).mean(-1)
+    a0 = ((x_t - sched.sqrt_one_minus_alphas_cumprod[t, None] * eps) / sched.sqrt_alphas_cumprod[t, None]).clamp(-1, 1)
+    i = int(torch.randint(0, 2, (1,)))
+    assert int(metadata["maximised_critic"]) == i
+    q = member_q(loss, loss.qvalue_network_params.detach(), observation, a0)
+    expected = bc.mean() - eta * q[i].mean() / q[1 - i].abs().mean().detach()
+    torch.testing.assert_close(value, expected)
+    got = torch.autograd.grad(value, actor_params(loss), allow_unused=True)
+    want = torch.autograd.grad(expected, actor_params(loss), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in got)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None or not g.any()
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_target_sampler_draws_the_critic_target_with_k_ddim_steps():
+    torch.manual_seed(2)
+    loss = make_loss("single", target_sampler="ddim", target_sampler_steps=2, gamma=0.9)
+    actor = loss.actor_network
+    calls = []
+    sample = actor.sample
+
+    def recorded(observation, num_samples=None, grad=False, **kwargs):
+        out = sample(observation, num_samples=num_samples, grad=grad, **kwargs)
+        calls.append((kwargs, out))
+        return out
+
+    actor.sample = recorded
+    batch = make_batch(16)
+    torch.manual_seed(11)
+    loss.qvalue_loss(batch)
+    ((kwargs, next_action),) = calls
+    assert kwargs == {"sampler": "ddim", "inference_steps": 2}
+    torch.manual_seed(11)
+    with loss.target_actor_network_params.to_module(actor):
+        want = ddpm.sample_ddim(
+            actor.network, actor.schedule, batch["next", "observation"], (16, ACT), num_inference_steps=2
+        )
+    torch.testing.assert_close(next_action, want)
+    with pytest.raises(ValueError, match="sampler='ddim'"):
+        make_loss("single", target_sampler="diffusion_ql", target_sampler_steps=2)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        make_loss("single", target_sampler_steps=STEPS + 1)
+    with pytest.raises(ValueError, match="'none', 'edp'"):
+        make_loss("single", action_approximation="edm")
+
+
+def test_bf16_needs_native_hardware_and_stays_close_to_fp32(monkeypatch):
+    import diffrl.modules.diffusion_actor as diffusion_actor
+
+    with monkeypatch.context() as patch:
+        patch.setattr(diffusion_actor, "native_bf16", lambda device: False)
+        with pytest.raises(ValueError, match="native bf16.*use precision='fp32'"):
+            make_loss("twin_q", precision="bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        make_loss("twin_q", precision="fp16")
+    if not diffusion_actor.native_bf16("cpu"):
+        pytest.skip("this CPU has no native bf16 (AMX / AVX512_BF16)")
+    torch.manual_seed(3)
+    fp32 = make_loss("twin_q")
+    bf16 = make_loss("twin_q", precision="bf16")
+    bf16.load_state_dict(fp32.state_dict())
+    batch = make_batch(64)
+    for name in ("qvalue", "actor"):
+        results = []
+        for loss in (fp32, bf16):
+            torch.manual_seed(5)
+            value, _ = getattr(loss, f"{name}_loss")(batch)
+            results.append(value)
+        assert results[1].dtype == torch.float32
+        assert not torch.equal(results[1], results[0]), "precision='bf16' changed nothing: autocast not applied"
+        torch.testing.assert_close(results[1], results[0], rtol=0.05, atol=0.02)
+
+
+def test_q_selection_sampler_and_precision_options(monkeypatch):
+    from diffrl.modules.q_selection import QSelectionActor
+
+    torch.manual_seed(4)
+    actor, critic = make_actor(), make_critic("twin_q")
+    calls = []
+    sample = actor.sample
+
+    def recorded(observation, num_samples=None, grad=False, **kwargs):
+        calls.append(kwargs)
+        return sample(observation, num_samples=num_samples, grad=grad, **kwargs)
+
+    actor.sample = recorded
+    policy = QSelectionActor(actor, critic, num_candidates=7, sampler="ddim", inference_steps=2)
+    assert policy.select(torch.randn(4, OBS)).shape == (4, ACT)
+    assert calls == [{"deterministic": False, "sampler": "ddim", "inference_steps": 2}]
+    with pytest.raises(ValueError, match="sampler='ddim'"):
+        QSelectionActor(actor, critic, sampler="qsm", inference_steps=2)
+    import diffrl.modules.diffusion_actor as diffusion_actor
+
+    monkeypatch.setattr(diffusion_actor, "native_bf16", lambda device: False)
+    with pytest.raises(ValueError, match="native bf16"):
+        QSelectionActor(actor, critic, precision="bf16")

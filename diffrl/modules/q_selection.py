@@ -14,7 +14,7 @@ from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.modules import ValueOperator
 
-from diffrl.modules.diffusion_actor import deterministic_mode
+from diffrl.modules.diffusion_actor import check_precision, deterministic_mode, precision_context
 
 __all__ = ["QSelectionActor"]
 
@@ -49,6 +49,12 @@ class QSelectionActor(TensorDictModuleBase):
         value_key: the critic's output key. Default ``"state_action_value"``.
         default_interaction_type: behaviour outside any exploration context, ``"random"`` (default) or
             ``"deterministic"``.
+        sampler: the candidates' sampler instead of the actor's own, e.g. ``"ddim"`` (a departure from Diffusion-QL,
+            whose evaluation uses its training sampler). Default None: the actor's.
+        inference_steps: the candidates' number of sampling steps (fewer than the actor's ``num_steps`` needs DDIM,
+            the default then). Default None: the actor's.
+        precision: ``"fp32"`` (default) or ``"bf16"``: the candidates are sampled under bf16 autocast (the critic
+            stays float32); only on hardware with native bf16 matrix units, elsewhere the constructor raises.
 
     Example:
         >>> import torch
@@ -77,6 +83,9 @@ class QSelectionActor(TensorDictModuleBase):
         reduce: str = "min",
         value_key: NestedKey = "state_action_value",
         default_interaction_type: str = "random",
+        sampler: str | None = None,
+        inference_steps: int | None = None,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         if selection not in _SELECTIONS:
@@ -91,6 +100,14 @@ class QSelectionActor(TensorDictModuleBase):
             raise ValueError(
                 f"default_interaction_type must be 'random' or 'deterministic', got {default_interaction_type!r}."
             )
+        self._sampling: dict[str, object] = {}
+        if sampler is not None or inference_steps is not None:
+            choose = getattr(actor, "_sampling_choice", None)
+            if choose is not None:  # validates the sampler name and the step count against the actor's T
+                choose(sampler, inference_steps)
+            self._sampling = {"sampler": sampler, "inference_steps": inference_steps}
+        check_precision(precision, next((p.device for p in actor.parameters()), torch.device("cpu")))
+        self.precision = precision
         self.actor = actor
         self.critic = critic
         self.num_candidates = num_candidates
@@ -133,7 +150,10 @@ class QSelectionActor(TensorDictModuleBase):
     @torch.no_grad()
     def select(self, observation: Tensor, deterministic: bool = False) -> Tensor:
         """One action ``[*B, A]`` per observation ``[*B, S]`` (see the class docstring for the rule)."""
-        candidates = self.actor.sample(observation, num_samples=self.num_candidates, deterministic=deterministic)
+        with precision_context(self.precision, observation.device):
+            candidates = self.actor.sample(
+                observation, num_samples=self.num_candidates, deterministic=deterministic, **self._sampling
+            )
         score = self.scores(observation, candidates)
         if deterministic or self.selection == "argmax":
             index = score.argmax(-1)
