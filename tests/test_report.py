@@ -159,7 +159,7 @@ def test_write_report_table_png_and_cli(tmp_path, capsys):
     calql_row = next(line for line in lines if line.startswith("| calql |"))
     edis_row = next(line for line in lines if line.startswith("| edis_calql |"))
     assert "| 5 | 52.0 [" in calql_row and "| 52.0 +- 1.6 |" in calql_row and "(base)" in calql_row
-    assert calql_row.endswith("| 10.0 min |") and edis_row.endswith("| n/a |")
+    assert calql_row.endswith("| 10.0 min (1 of 5 runs) |") and edis_row.endswith("| n/a |")
     assert "+7.0 [" in edis_row and "(n=5)" in edis_row  # differences 5, 6, 7, 8, 9
     assert report.table in text and "last 3 evaluations of `eval/normalized_score` in the online phase" in text
     (png,) = report.figures
@@ -199,6 +199,8 @@ def test_run_summary_and_plot_run(tmp_path):
     # fewer evaluations than last_k: the summary uses what there is and says so
     short = make_run(tmp_path / "short", 0, [10.0, 20.0, 30.0, 40.0])
     assert run_summary(short).endswith("-> online 40.0 +- 0.0 (last 1 eval)")
+    online_only = make_run(tmp_path / "online_only", 0, [1.0, 2.0, 3.0, 4.0], offline=0)
+    assert run_summary(online_only) == "normalized score 3.0 +- 0.8 (last 3 evals)"  # no switch, no offline part
     png = plot_run(run)
     assert png == run / "learning_curve.png" and png.read_bytes()[:4] == b"\x89PNG"
     assert plot_run(run, tmp_path / "x" / "c.png", metric="eval/return").is_file()

@@ -120,6 +120,9 @@ def switch_step(run_dir: str | os.PathLike) -> int | None:
     offline, online = config.get("offline"), config.get("online")
     if not isinstance(offline, Mapping) or not isinstance(online, Mapping) or "steps" not in offline:
         return None
+    # A run with an empty phase (offline.steps=0: online only; online.steps=0: offline only) has no switch.
+    if int(offline["steps"]) <= 0 or int(online.get("steps") or 0) <= 0:
+        return None
     return int(offline["steps"])
 
 
@@ -411,6 +414,7 @@ class MethodResult:
     summary: Aggregate
     diff: Aggregate | None = None
     cpu_seconds: float | None = None  # mean over the runs that recorded it
+    cpu_runs: int = 0  # how many runs recorded it
     curve: dict[str, np.ndarray] = field(default_factory=dict)  # steps, center, low, high
     switch: int | None = None
     episodes: int | None = None  # fewest episodes per evaluation among the runs (eval/episodes), if logged
@@ -491,6 +495,7 @@ def compare(
                 scores=scores,
                 summary=summary,
                 cpu_seconds=float(np.mean(cpu)) if cpu else None,
+                cpu_runs=len(cpu),
                 curve=_curve(runs, metric, reps, confidence, seed) if curves else {},
                 switch=switches.pop() if len(switches) == 1 else None,
                 episodes=min(episodes) if episodes else None,
@@ -559,7 +564,8 @@ def markdown_table(results: Sequence[MethodResult], base: str | None = None) -> 
             else:
                 d = r.diff
                 row += [f"{d.iqm:+.1f} {_ci(d.iqm_ci)} (n={d.n})", f"{d.mean:+.1f} {_ci(d.mean_ci)}"]
-        row.append(_cpu(r.cpu_seconds))
+        partial = f" ({r.cpu_runs} of {len(r.runs)} runs)" if 0 < r.cpu_runs < len(r.runs) else ""
+        row.append(_cpu(r.cpu_seconds) + partial)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -616,6 +622,7 @@ def write_report(
         out / f"{metric.split('/')[-1]}.png",
         ylabel=f"{metric} (IQM over seeds)",
         switches=sorted({r.switch for r in results if r.switch is not None}),
+        title=f"IQM over seeds, shaded: {round(100 * results[0].summary.confidence)}% bootstrap interval",
     )
     where = {None: "the whole run", "offline": "the offline phase", "online": "the online phase"}[phase]
     lines = [
