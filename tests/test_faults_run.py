@@ -433,3 +433,14 @@ def test_config_accepts_a_short_name(toy, tmp_path, monkeypatch):
     message = str(info.value)
     for tried in ("configs/toy/ant.yaml", "configs/toy_ant.yaml", f"{tmp_path}/ant and", "configs/ant"):
         assert tried in message
+
+
+def test_plain_numpy_values_still_round_trip_through_the_weights_only_reader(tmp_path):
+    ckpt = Checkpointer(tmp_path)
+    value = {"score": np.float64(-1.5), "ids": np.arange(3, dtype=np.int32), "done": np.array([True, False])}
+    ckpt.save(1, value=value, generator=np.random.default_rng(3))
+    generator = np.random.default_rng(0)
+    state = ckpt.load(generator=generator)
+    assert state["value"]["score"] == -1.5 and state["value"]["ids"].tolist() == [0, 1, 2]
+    assert state["value"]["done"].tolist() == [True, False]
+    assert generator.random() == np.random.default_rng(3).random()

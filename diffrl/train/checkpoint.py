@@ -67,8 +67,18 @@ def _safe_globals() -> list[Any]:
     from tensordict._reductions import _make_td
 
     core = np._core if hasattr(np, "_core") else np.core  # NumPy 2 renamed np.core
-    dtype_classes = [getattr(np.dtypes, name) for name in ("UInt32DType", "Float64DType", "Int64DType", "Float32DType")]
-    return [core.multiarray._reconstruct, np.ndarray, np.dtype, *dtype_classes, _make_td, TensorDict]
+    # Every concrete dtype class (an env's saved physics state may hold any of them) and NumPy scalars (a value the
+    # caller saved may be an np.float64): plain data, built from a dtype and bytes.
+    dtype_classes = [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
+    return [
+        core.multiarray._reconstruct,
+        core.multiarray.scalar,
+        np.ndarray,
+        np.dtype,
+        *dtype_classes,
+        _make_td,
+        TensorDict,
+    ]
 
 
 class CheckpointError(ConfigError):
