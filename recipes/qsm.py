@@ -27,8 +27,7 @@ from torchrl.objectives import SoftUpdate
 
 from diffrl import registry
 from diffrl.train import run_recipe
-from diffrl.train.collectors import make_env_fn
-from diffrl.train.setup import prepare
+from diffrl.train.setup import online_envs, prepare
 from diffrl.train.trainer import Trainer
 from diffrl.train.updates import critic_then_actor_update
 
@@ -37,10 +36,7 @@ def main(cfg):
     device, run = prepare(cfg)  # threads, seeds, device, the run directory
 
     # Envs act in [-1, 1]^A (ActionScaling); training rewards are scaled, evaluation reports raw returns.
-    env_options = {"max_episode_steps": cfg.env.max_episode_steps, "keep_raw_reward": True}
-    env_fn = make_env_fn(cfg.env.name, reward_scale=cfg.env.reward_scale, **env_options)
-    eval_env = make_env_fn(cfg.env.name, transform_reward=False, seed=cfg.seed + 10_000, **env_options)()
-    dims = {"obs_dim": eval_env.observation_spec["observation"].shape[-1], "action_dim": eval_env.action_spec.shape[-1]}
+    env, eval_env, dims = online_envs(cfg)
 
     # Networks and loss: a diffusion actor, an ensemble of critics, QSM's score-matching and TD(0) terms.
     actor = registry.build("actor", cfg.actor, **dims).to(device)
@@ -54,18 +50,13 @@ def main(cfg):
     )
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
 
-    # Exploration: the stochastic sampler plus clipped Gaussian noise. One in-process env is built here (and seeded);
-    # several collector workers build their own from env_fn.
+    # Exploration: the stochastic sampler plus clipped Gaussian noise.
     exploration_policy = TensorDictSequential(
         actor,
         AdditiveGaussianModule(
             eval_env.action_spec, sigma_init=cfg.online.exploration_noise, sigma_end=cfg.online.exploration_noise
         ),
     )
-    env = env_fn
-    if cfg.collector.num_workers == 1 and cfg.collector.backend in ("auto", "direct"):
-        env = env_fn()
-        env.set_seed(cfg.seed)
 
     # The official order per update: critic step on the batch, then the actor against the updated critic.
     update = critic_then_actor_update(loss, critic_optim, actor_optim, updater, schedulers=[actor_schedule])

@@ -15,7 +15,7 @@ import torch
 from diffrl.train.run import Run, start_run
 from diffrl.train.seeding import resolve_device, seed_everything
 
-__all__ = ["dataset_and_envs", "prepare"]
+__all__ = ["dataset_and_envs", "online_envs", "prepare"]
 
 
 def prepare(cfg: Any) -> tuple[torch.device, Run]:
@@ -53,3 +53,33 @@ def dataset_and_envs(cfg: Mapping[str, Any], device: Any) -> tuple[Any, Any, Any
         env_cfg["name"], rb, device=device, max_episode_steps=env_cfg["max_episode_steps"], seed=int(cfg["seed"])
     )
     return rb, env, eval_env
+
+
+def online_envs(cfg: Mapping[str, Any]) -> tuple[Any, Any, dict[str, int]]:
+    """The envs of an online recipe (no dataset): ``(env, eval_env, dims)``.
+
+    Actions are rescaled to ``[-1, 1]`` (TorchRL's ``ActionScaling``), training rewards are multiplied by
+    ``env.reward_scale`` and the raw reward is kept for logging; evaluation reports raw returns. ``env`` is one env
+    built here and seeded with ``seed`` when the ``collector`` group asks for one in-process env, else the picklable
+    factory each collector worker calls. ``dims`` holds ``obs_dim`` and ``action_dim``.
+
+    Example:
+        >>> from omegaconf import OmegaConf
+        >>> cfg = OmegaConf.create({"seed": 0, "env": {"name": "Pendulum-v1", "max_episode_steps": 5,
+        ...                         "reward_scale": 1.0}, "collector": {"num_workers": 1, "backend": "auto"}})
+        >>> env, eval_env, dims = online_envs(cfg)
+        >>> dims, env.action_spec.space.high.tolist()
+        ({'obs_dim': 3, 'action_dim': 1}, [1.0])
+    """
+    from diffrl.train.collectors import make_env_fn
+
+    env_cfg, collector = cfg["env"], cfg.get("collector") or {}
+    options = {"max_episode_steps": env_cfg["max_episode_steps"], "keep_raw_reward": True}
+    env_fn = make_env_fn(env_cfg["name"], reward_scale=env_cfg["reward_scale"], **options)
+    eval_env = make_env_fn(env_cfg["name"], transform_reward=False, seed=int(cfg["seed"]) + 10_000, **options)()
+    dims = {"obs_dim": eval_env.observation_spec["observation"].shape[-1], "action_dim": eval_env.action_spec.shape[-1]}
+    env = env_fn
+    if int(collector.get("num_workers", 1)) == 1 and collector.get("backend", "auto") in ("auto", "direct"):
+        env = env_fn()
+        env.set_seed(int(cfg["seed"]))
+    return env, eval_env, dims

@@ -344,27 +344,28 @@ class Trainer:
                 raise
         seconds = timer.elapsed
         self.record.log({"train/cpu_seconds": self._cpu_total()}, self.step)
-        line = format_summary(self.name, self.step - start, seconds, self.record.logger.last)
+        line = format_summary(self.name, self.step - start, seconds, self.record.logger.last, keys=())
         if self.verbose:
-            print(line, flush=True)
-            self._final_report()
+            print(self._final_report(line), flush=True)
         return {**self.phase_scores, "steps": self.step, "updates": self.updates, "seconds": seconds}
 
     def _cpu_total(self) -> float:
         """CPU seconds of this run's process since the trainer was built, plus those of the sessions it resumes."""
         return self._cpu_seconds + time.process_time() - self._cpu_mark
 
-    def _final_report(self) -> None:
-        """Each phase's score as the mean +- std of its last evaluations, and the learning curve as a PNG."""
+    def _final_report(self, line: str) -> str:
+        """The summary line: each phase's score as the mean +- std of its last 3 evaluations (never a single one);
+        the learning curve is drawn to a PNG whose path is printed first."""
         if self.eval_env is None or not self.phase_scores:
-            return
+            return line
         try:
             from diffrl.train.report import plot_run, run_summary
 
-            print(f"{self.name}: {run_summary(self.record.dir, last_k=3)}", flush=True)
             print(f"{self.name}: learning curve {plot_run(self.record.dir)}", flush=True)
+            return f"{line} | {run_summary(self.record.dir, last_k=3)}"
         except Exception as err:  # a report must never turn a finished run into a failed one
-            print(f"{self.name}: no summary ({' '.join(str(err).split())})", flush=True)
+            print(f"{self.name}: no learning curve ({' '.join(str(err).split())})", flush=True)
+            return format_summary(self.name, self.step, 0.0, self.record.logger.last)
 
     def evaluate(self) -> dict[str, float]:
         """Evaluate the policy now and log the result at the current global step."""

@@ -1,0 +1,70 @@
+"""SAC: soft actor-critic with TorchRL's ``SACLoss``, online, as the Gaussian baseline of Q-Score Matching.
+
+Haarnoja et al., "Soft Actor-Critic Algorithms and Applications", 2018, with CleanRL's MuJoCo settings:
+
+    collect random_steps transitions with uniformly random actions
+    for every env step (a ~ pi(s), a tanh-Gaussian; stored in the replay buffer):
+        utd_ratio times: sample a batch (s, a, r, s', terminated)
+            critic: y = r + gamma (1 - terminated) (min_i Q'_i(s', a') - alpha log pi(a' | s')), a' ~ pi(s');  Q_i <- y
+            actor:  maximise min_i Q_i(s, a~) - alpha log pi(a~ | s);  alpha: entropy target -dim(A)
+            target critics <- Polyak(tau)
+
+    python recipes/sac.py                                   # Pendulum-v1, a few minutes on CPU
+    python recipes/sac.py env.name=Hopper-v5 online.steps=100000 online.random_steps=5000
+"""
+
+from __future__ import annotations
+
+import torch
+from torchrl.objectives import SoftUpdate
+
+from diffrl import registry
+from diffrl.train import run_recipe
+from diffrl.train.setup import online_envs, prepare
+from diffrl.train.trainer import Trainer
+from diffrl.train.updates import summed_loss_update
+
+
+def main(cfg):
+    device, run = prepare(cfg)  # threads, seeds, device, the run directory
+    env, eval_env, dims = online_envs(cfg)  # actions in [-1, 1]; raw rewards for evaluation
+
+    # A tanh-Gaussian actor within [-1, 1], one Q network that SACLoss copies into twin critics.
+    actor = registry.build("actor", cfg.actor, **dims, action_low=-1.0, action_high=1.0).to(device)
+    critic = registry.build("critic", cfg.critic, **dims).to(device)
+    loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic)
+    loss.make_value_estimator(gamma=cfg.gamma)
+    optims = {  # CleanRL: the critics and the temperature learn faster than the actor
+        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr),
+        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr),
+        "alpha": torch.optim.Adam([loss.log_alpha], lr=cfg.optim.alpha_lr),
+    }
+    updater = SoftUpdate(loss, tau=cfg.optim.tau)
+
+    trainer = Trainer(
+        cfg,
+        update=summed_loss_update(loss, optims.values(), updater),
+        run=run,
+        policy=actor,
+        env=env,
+        eval_env=eval_env,
+        checkpoint={"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}},
+        store_keys=[
+            "observation",
+            "action",
+            ("next", "observation"),
+            ("next", "reward"),
+            ("next", "done"),
+            ("next", "terminated"),
+        ],
+        device=device,
+        name="sac",
+        progress_keys=["train/loss_qvalue", "train/loss_actor", "eval/return"],
+    )
+    result = trainer.run()
+    run.close()
+    return {**result, **run.logger.last}
+
+
+if __name__ == "__main__":
+    run_recipe(main)
