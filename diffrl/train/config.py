@@ -27,6 +27,9 @@ it: its values replace the base's (same type, or null), and it may add sections 
 recipe's YAML holds only what it adds or changes, e.g. ``edis_calql.yaml`` = ``_base_: calql.yaml`` + an ``edis:``
 section + a few other defaults; ``--help`` prints the merged result. Per-task files may use ``_base_`` too.
 
+Ranges: numbers a run cannot use (negative step budgets, ``data.batch_size=0``, ``threads=-1``...) are refused by
+:data:`VALUE_RULES`, a table by dotted key applied to the keys the recipe has, before the run creates anything.
+
 Adding a key: write it, with its default, in the recipe's YAML (``null`` if it has no natural default); every run and
 per-task file may then set it. A one-off key absent from the YAML can be passed as ``+section.key=value``.
 
