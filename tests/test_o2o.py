@@ -12,8 +12,8 @@ from diffrl import registry
 from diffrl.data import OfflineReplayBuffer
 from diffrl.envs import make_env
 from diffrl.train import read_metrics, start_run
-from diffrl.train.trainer import Hook, Trainer, TrainerSettings
 from diffrl.train.replay import BatchMixer, StoredItems, make_online_buffer
+from diffrl.train.trainer import Hook, Trainer, TrainerSettings
 
 OFFLINE_MC = 7.0  # every offline transition carries this mc_return: a batch's online items are those with mc_return 0
 EPISODE = 5  # env episode length in these tests (fast)

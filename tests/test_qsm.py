@@ -391,7 +391,10 @@ def test_recipe_runs_logs_checkpoints_and_resumes(tmp_path):
     assert metrics["train/updates"][0].tolist() == [30, 40, 50, 60]  # updates start after the 20 random steps
     assert metrics["train/updates"][1].tolist() == [10, 20, 30, 40]  # one update per env step
     assert metrics["train/episode_length"][1].tolist() == [25, 25]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000000030.pt", "step_000000060.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt")) == [
+        "step_000000030.pt",
+        "step_000000060.pt",
+    ]
     assert not any(elsewhere.iterdir())
 
     proc = run_recipe(RECIPE, [f"resume={run_dir}", "online.steps=90"], tmp_path)  # the saved config, more steps

@@ -51,7 +51,10 @@ def test_recipe_runs_from_another_directory_and_writes_metrics_and_checkpoints(t
     for key in ("train/loss_qvalue", "train/bc_loss", "train/q_term", "train/critic_grad_norm"):
         assert metrics[key][0].tolist() == [5, 10, 15, 20], key
     assert np.isin(metrics["train/maximised_critic"][1], [0, 1]).all()
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000000010.pt", "step_000000020.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt")) == [
+        "step_000000010.pt",
+        "step_000000020.pt",
+    ]
     assert (run_dir / "config.yaml").is_file()
     assert not any(elsewhere.iterdir())  # nothing written to the working directory
 

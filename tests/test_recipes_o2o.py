@@ -40,7 +40,9 @@ def test_recipe_runs_both_phases_from_another_directory(name, tiny_dataset, tmp_
     metrics = read_metrics(run_dir)
     assert metrics["eval/normalized_score"][0].tolist() == [10, 20, 30, 40]  # one CSV across both phases
     assert metrics["train/loss_qvalue"][0].tolist() == [10, 20, 30, 40]
-    assert (run_dir / "config.yaml").is_file() and sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+    assert (run_dir / "config.yaml").is_file() and sorted(
+        p.name for p in (run_dir / "checkpoints").glob("step_*.pt")
+    ) == [
         "step_000000030.pt",
         "step_000000040.pt",
     ]

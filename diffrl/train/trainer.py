@@ -286,7 +286,9 @@ class Trainer:
             self._store_keys = list(store_keys) if store_keys is not None else None
             device = device if device is not None else "cpu"
         self.device = torch.device(device)
-        self.online_rb = make_online_buffer(s.buffer_size, self.device) if s.online_steps > 0 else None
+        # With an env, the online buffer exists even before an online phase is asked for: a resume may add one.
+        has_online = s.online_steps > 0 or env is not None
+        self.online_rb = make_online_buffer(s.buffer_size, self.device) if has_online else None
         sources = {"offline": offline_rb} if offline_rb is not None else {}
         if self.online_rb is not None:
             sources["online"] = self.online_rb
