@@ -37,7 +37,7 @@ def exact_eps(schedule: DiffusionSchedule):
 def chain_moments(sampler: str, betas: torch.Tensor, steps: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of a sampler driven by the exact eps of the Gaussian target, propagated in closed form.
 
-    With eps affine in x_t, every step is x' = A x + B + C z; the formulas are those of ALGORITHMS.md section 1.
+    With eps affine in x_t, every step is x' = A x + B + C z; the formulas are those of docs/algorithms.md section 1.4.
     """
     alphas = 1 - betas
     abar = torch.cumprod(alphas, 0)

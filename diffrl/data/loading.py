@@ -1,6 +1,6 @@
 """``load_dataset``: a Minari dataset as a TorchRL replay buffer, from wherever it can come from.
 
-Sources, in order (DESIGN.md, section Data):
+Sources, in order (docs/architecture.md, "Data"):
 
 1. the local Minari datasets directory (``$MINARI_DATASETS_PATH``, default ``~/.minari/datasets``);
 2. diffrl's registry of dataset generators (kind ``dataset``, name = dataset id): built on first use, then read;

@@ -1,4 +1,4 @@
-"""The 2D bandit of the Diffusion-QL paper (Wang et al. 2023, section 5.1 / ALGORITHMS.md section 2).
+"""The 2D bandit of the Diffusion-QL paper (Wang et al. 2023, section 5.1; docs/algorithms.md section 2.5).
 
 One fixed state (zeros(2)); behaviour actions come from four Gaussian modes at (+-0.8, +-0.8) with std 0.05, clipped to
 [-1, 1], 2,500 per mode; each mode has its own reward distribution, N(mean, 0.5^2):

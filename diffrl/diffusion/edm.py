@@ -2,7 +2,7 @@
 sigma grid and a stochastic Heun sampler with guidance and inpainting.
 
 Reference: T. Karras, M. Aittala, T. Aila, S. Laine, "Elucidating the Design Space of Diffusion-Based Generative
-Models", NeurIPS 2022. EDIS (ALGORITHMS.md section 5) generates transitions with this model.
+Models", NeurIPS 2022. EDIS (docs/algorithms.md section 6) generates transitions with this model.
 
 The data are corrupted as ``x_sigma = x + sigma * n`` with ``n ~ N(0, I)``; a denoiser ``D(x_sigma, sigma)`` estimates
 ``x``. The probability-flow ODE runs sigma from ``sigma_max`` down to 0 with derivative

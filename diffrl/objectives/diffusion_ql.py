@@ -11,13 +11,13 @@ actions is ``q_normalization="dataset"``.
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import TensorDictModule, dispatch
+from tensordict import TensorDictBase, TensorDictParams
+from tensordict.nn import TensorDictModule
 from torch import Tensor
 
 from diffrl import registry
 from diffrl.modules.diffusion_actor import check_precision, precision_context
-from diffrl.objectives.qvalue import ActorCriticLoss
+from diffrl.objectives.common import DiffrlLossBase
 
 __all__ = ["DiffusionQLLoss"]
 
@@ -25,11 +25,11 @@ _APPROXIMATIONS = ("none", "edp")
 
 
 @registry.register("loss", "diffusion_ql")
-class DiffusionQLLoss(ActorCriticLoss):
+class DiffusionQLLoss(DiffrlLossBase):
     r"""Diffusion-QL: denoising behaviour cloning plus normalised Q maximisation.
 
     Paper: Wang, Hunt, Zhou, "Diffusion Policies as an Expressive Policy Class for Offline Reinforcement Learning",
-    ICLR 2023. Specification: ALGORITHMS.md section 2.
+    ICLR 2023. Specification: docs/algorithms.md section 2.
 
     Math, per batch of transitions (s, a, r, s', terminated):
 
@@ -102,7 +102,8 @@ class DiffusionQLLoss(ActorCriticLoss):
     Reads: ``observation``, ``action``, ``("next", "observation")``, ``("next", "reward")``,
     ``("next", "done")``, ``("next", "terminated")`` (names configurable with :meth:`set_keys`).
     Writes: ``loss_actor``, ``loss_qvalue`` and the detached diagnostics ``bc_loss``, ``q_term``, ``q_policy``,
-    ``q_data``, ``target_value``, ``maximised_critic``; ``td_error`` is written into the input for prioritised replay.
+    ``maximised_critic``, ``q_data``, ``target_value`` (``loss.out_keys``); ``td_error`` (``max_i (Q_i - y)^2``) is
+    written into the input for prioritised replay.
 
     Example:
         >>> import torch
@@ -122,6 +123,9 @@ class DiffusionQLLoss(ActorCriticLoss):
         >>> sorted(k for k in out.keys() if k.startswith("loss_"))
         ['loss_actor', 'loss_qvalue']
     """
+
+    loss_terms = ("qvalue", "actor")  # the critic term first: its target draws come before the actor's
+    diagnostic_keys = ("bc_loss", "q_term", "q_policy", "maximised_critic", "q_data", "target_value")
 
     actor_network: TensorDictModule
     actor_network_params: TensorDictParams
@@ -167,7 +171,6 @@ class DiffusionQLLoss(ActorCriticLoss):
         check_precision(precision, device)
         self.action_approximation = action_approximation
         self.precision = precision
-        self._in_keys = None
         self.convert_to_functional(actor_network, "actor_network", create_target_params=True)
         self._init_qvalue(qvalue_network, num_qvalue_nets)
         if self.num_qvalue_nets < 2:
@@ -255,11 +258,3 @@ class DiffusionQLLoss(ActorCriticLoss):
             "maximised_critic": picked[0].detach(),
         }
         return loss, metadata
-
-    @dispatch
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Both terms on one batch; ``loss_actor + loss_qvalue`` is the whole objective."""
-        loss_qvalue, metadata_q = self.qvalue_loss(tensordict)
-        loss_actor, metadata_actor = self.actor_loss(tensordict)
-        tensordict.set(self.tensor_keys.priority, metadata_q.pop("td_error"))
-        return TensorDict({"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, **metadata_actor, **metadata_q})

@@ -10,21 +10,21 @@ because a DDPM step moves *against* the predicted noise, hence *along* grad Q.
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import TensorDictModule, dispatch
+from tensordict import TensorDictBase, TensorDictParams
+from tensordict.nn import TensorDictModule
 
 from diffrl import registry
-from diffrl.objectives.qvalue import ActorCriticLoss
+from diffrl.objectives.common import DiffrlLossBase
 
 __all__ = ["QScoreMatchingLoss"]
 
 
 @registry.register("loss", "qsm")
-class QScoreMatchingLoss(ActorCriticLoss):
+class QScoreMatchingLoss(DiffrlLossBase):
     r"""Q-Score Matching: match the diffusion policy's noise prediction to ``-M_q * grad_a Q``.
 
     Paper: Psenka et al., "Learning a Diffusion Model Policy from Rewards via Q-Score Matching", ICML 2024.
-    Specification: ALGORITHMS.md section 3. No behaviour cloning, no EMA actor, no target actor.
+    Specification: docs/algorithms.md section 3. No behaviour cloning, no EMA actor, no target actor.
 
     Math, per batch (s, a, r, s', terminated) from the replay buffer:
 
@@ -55,8 +55,9 @@ class QScoreMatchingLoss(ActorCriticLoss):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Reads ``observation``, ``action``, ``("next", "observation")``, ``("next", "reward")``, ``("next", "done")``,
-    ``("next", "terminated")``; writes ``loss_actor``, ``loss_qvalue`` and the diagnostics ``score_norm``,
-    ``q_data``, ``target_value``.
+    ``("next", "terminated")``; returns ``loss_actor``, ``loss_qvalue`` and the detached diagnostics ``score_norm``,
+    ``q_data``, ``target_value`` (``loss.out_keys``); ``td_error`` (``max_i (Q_i - y)^2``) is written into the input
+    for prioritised replay.
 
     Example:
         >>> import torch
@@ -75,6 +76,9 @@ class QScoreMatchingLoss(ActorCriticLoss):
         >>> bool(out["score_norm"] > 0)
         True
     """
+
+    loss_terms = ("qvalue", "actor")  # the critic term first: its target draws come before the actor's
+    diagnostic_keys = ("score_norm", "q_data", "target_value")
 
     actor_network: TensorDictModule
     actor_network_params: TensorDictParams
@@ -97,7 +101,6 @@ class QScoreMatchingLoss(ActorCriticLoss):
         self._require_diffusion_actor(actor_network, ("predict_noise", "sample"))
         if critic_reduction not in ("mean", "min"):
             raise ValueError(f"critic_reduction must be 'mean' or 'min', got {critic_reduction!r}.")
-        self._in_keys = None
         self.convert_to_functional(actor_network, "actor_network", create_target_params=False)
         self._init_qvalue(qvalue_network, num_qvalue_nets)
         self.score_scale = float(score_scale)
@@ -148,11 +151,3 @@ class QScoreMatchingLoss(ActorCriticLoss):
         loss = (predicted - target).pow(2).mean(-1)
         metadata = {"score_norm": target.norm(dim=-1).mean()}
         return self._reduce_loss(loss, tensordict=tensordict, weights=weights), metadata
-
-    @dispatch
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Both terms on one batch; ``loss_actor + loss_qvalue`` is the whole objective."""
-        loss_qvalue, metadata_q = self.qvalue_loss(tensordict)
-        loss_actor, metadata_actor = self.actor_loss(tensordict)
-        tensordict.set(self.tensor_keys.priority, metadata_q.pop("td_error"))
-        return TensorDict({"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, **metadata_actor, **metadata_q})
