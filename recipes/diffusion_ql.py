@@ -29,7 +29,7 @@ from diffrl.modules.q_selection import QSelectionActor
 from diffrl.objectives.updaters import diffusion_ql_updater
 from diffrl.train import normalized_score, run_recipe, seed_env
 from diffrl.train.setup import prepare
-from diffrl.train.trainer import Trainer
+from diffrl.train.trainer import Trainer, TrainerSettings
 from diffrl.train.updates import critic_then_actor_update
 
 
@@ -76,8 +76,10 @@ def main(cfg):
             return select(td)
 
     state = {"loss": loss, "optim_actor": optim_actor, "optim_critic": optim_critic, "updater": updater}
+    # Candidates are drawn with noise (a deterministic diffusion sample is a different, degenerate policy).
+    settings = TrainerSettings.from_config(cfg, eval_exploration="random")
     trainer = Trainer(
-        cfg,
+        settings,
         update=update,
         run=run,
         policy=actor,
