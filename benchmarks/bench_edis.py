@@ -8,8 +8,9 @@ What is timed:
   * a guided regeneration: ``fit(data, online, policy)`` = the same + InfoNCE training of the three energies (with their
     diffusion negatives) + a guided pool;
   * the pool alone, unguided vs guided (the cost of the energy gradients inside the sampler);
-  * the paper-size denoiser (1024 wide, 6 blocks): one training step at batch 256 and one sampler step (two denoiser
-    evaluations) per 1000 rows, and the paper's regeneration extrapolated from them (10k steps, 100k x 128 steps).
+  * the paper-size denoiser (``preset: paper``: 1024 wide, 6 ReLU blocks without LayerNorm): one training step at
+    batch 256 and one sampler step (two denoiser evaluations) per 1000 rows, and the paper's regeneration extrapolated
+    from them (10k steps, 100k x 128 steps).
 
 The data are synthetic (a random linear system), as only their sizes matter for the timing.
 """
@@ -23,6 +24,7 @@ import torch
 from tensordict import TensorDict
 
 from diffrl import registry
+from diffrl.data.edis import PRESETS
 from diffrl.diffusion.edm import EDMDenoiser, edm_loss
 from diffrl.nn.denoisers import ResidualMLPDenoiser
 
@@ -51,8 +53,8 @@ def row(label: str, wall: float, cpu: float) -> None:
 
 def paper_denoiser_timings(dim: int, rows: int = 1000) -> tuple[float, float]:
     """Seconds per training step (batch 256) and per sampler step on ``rows`` rows for the paper-size denoiser."""
-    denoiser = EDMDenoiser(ResidualMLPDenoiser(dim, width=1024, blocks=6, embed_dim=256))
-    opt = torch.optim.AdamW(denoiser.parameters(), lr=3e-4)
+    denoiser = EDMDenoiser(ResidualMLPDenoiser(dim, **PRESETS["paper"]["denoiser"]))
+    opt = torch.optim.AdamW(denoiser.parameters(), lr=3e-4, betas=PRESETS["paper"]["betas"])
     x = torch.randn(256, dim)
 
     def train_step():
@@ -123,7 +125,7 @@ def main() -> None:
     print(f"losses: {losses} (InfoNCE chance = ln(11) = 2.398)")
     if not args.skip_paper:
         train_step, sample_step = paper_denoiser_timings(dim)
-        params = sum(p.numel() for p in ResidualMLPDenoiser(dim, 1024, 6, 256).parameters()) / 1e6
+        params = sum(p.numel() for p in ResidualMLPDenoiser(dim, **PRESETS["paper"]["denoiser"]).parameters()) / 1e6
         print(f"paper-size denoiser (1024 x 6, {params:.1f}M parameters):")
         print(f"{'  training step (batch 256)':58s} {train_step * 1e3:8.1f} ms")
         print(f"{'  sampler step per 1000 rows (2 evaluations)':58s} {sample_step * 1e3:8.1f} ms")

@@ -2,12 +2,14 @@
 
 Each energy ``E(x_sigma, sigma)`` approximates a negative log density ratio between a target distribution (online
 states, the current policy, the true dynamics) and the diffusion prior, at noise level ``sigma``; low energy means
-"online-like". Two deliberate departures from the official EDIS code (ALGORITHMS.md section 5, defects b and c):
+"online-like". Departures from the official EDIS code, deliberate:
 
 * the energy is conditioned on the continuous noise level (``ln(sigma) / 4``, EDM's ``c_noise``), not on a step index of
   one particular schedule, so it can be queried at any level the sampler visits; its input is scaled by EDM's
   ``c_in(sigma) = 1 / sqrt(sigma^2 + 1)`` so that the MLP sees unit-scale inputs at every level;
-* energies live in the normalised coordinates the sampler works in, so their gradients are the right ones to add.
+* energies live in the normalised coordinates the sampler works in, so their gradients are the right ones to add;
+* :class:`EnergyGuidance` can scale the gradients by sigma (``sigma_scale``): the EDM ODE derivative is
+  ``-sigma * score``, so that is the factor that turns the prior ``q`` into ``q * exp(-E)`` (see ``EDISConfig``).
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ class EnergyGuidance:
     Args:
         terms: ``(energy, weight, mask)`` triples; ``mask`` a boolean ``[D]`` over features.
         clip_norm: maximum per-sample norm of the total (None: no clip).
+        sigma_scale: multiply the summed gradient by ``sigma`` before clipping (exact guidance for the EDM ODE,
+            whose derivative is ``-sigma * score``). Default False.
 
     Example:
         >>> import torch

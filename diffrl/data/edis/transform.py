@@ -1,7 +1,7 @@
 """The EDIS transform: a transition diffusion model with energy guidance that feeds synthetic data to a replay buffer.
 
 Reference: Liu et al., "Energy-Guided Diffusion Sampling for Offline-to-Online Reinforcement Learning" (EDIS), ICML
-2024; ALGORITHMS.md section 5 is the specification. ``fit`` trains the pieces (a self-contained trainer, like SynthER's
+2024, and its official code (liuxhym/EDIS). ``fit`` trains the pieces (a self-contained trainer, like SynthER's
 generator); the math is in :mod:`diffrl.diffusion.edm`, the networks in :mod:`diffrl.nn.denoisers` and
 :mod:`diffrl.data.edis.energy`.
 """
@@ -30,7 +30,7 @@ from diffrl.nn.denoisers import ResidualMLPDenoiser
 
 __all__ = ["EDISTransform"]
 
-# the feature block each energy's guidance gradient may move (ALGORITHMS.md section 5)
+# the feature block each energy's guidance gradient moves with mask_guidance=True (the official rule)
 _GUIDED_BLOCK = {"state": "state", "policy": "action", "transition": "next_state"}
 # the feature blocks held to the positive's values when drawing that energy's negatives (none: unconditional)
 _INPAINT_BLOCKS = {"state": (), "policy": ("state",), "transition": ("state", "action")}
@@ -48,7 +48,8 @@ class EDISTransform(Transform):
 
     What ``fit(data, online, policy)`` does:
 
-    1. flatten transitions to ``x = [s, a, r, s'(, terminal)]`` and refit a per-dimension z-score normaliser;
+    1. flatten transitions to ``x = [s, a, r, s'(, terminal)]``, refusing non-finite values; the first fit sets a
+       per-dimension z-score normaliser, frozen afterwards (``refit_normalizer`` refits it and resets the energies);
     2. train a fresh EDM denoiser (residual MLP, AdamW + cosine schedule, grad clip, EMA) on the normalised data;
     3. if ``online`` is given, train the energies kept from earlier fits (warm start) by InfoNCE, each positive against
        ``num_negatives`` diffusion negatives, both noised to one sigma drawn from the levels the pool sampler visits:
@@ -58,10 +59,13 @@ class EDISTransform(Transform):
        transition energy: positives = online ``(s, a, r, s')``, negatives = samples inpainted on ``(s, a)``.
        The inpainting mask is over features (the official code's batch-sized mask is defect a). Energies with
        guidance weight 0 are not trained.
-    4. refill the synthetic pool with ``num_samples`` guided samples (``refresh``).
+    4. refill the synthetic pool with ``num_samples`` guided samples (``resample``; ``refresh`` is its alias).
 
-    Guided sampling adds ``clip(w_s m_s grad E_s + w_pi m_a grad E_pi + w_T m_s' grad E_T, guidance_clip sqrt(D))``
-    to the Heun sampler's ODE derivative in normalised coordinates, so samples descend the energies.
+    Guided sampling adds ``clip(sigma (w_s grad E_s + w_pi m_a grad E_pi + w_T grad E_T), guidance_clip sqrt(D))``
+    to the Heun sampler's ODE derivative in normalised coordinates, so samples descend the energies (``m_a`` keeps the
+    action block). With ``mask_guidance=True`` and ``guidance_sigma_scale=False`` it is the official rule
+    ``w_s m_s grad E_s + w_pi m_a grad E_pi + w_T m_s' grad E_T``, which covers about a third to half of the way to
+    the online states on a shifted toy (tests/test_edis_guidance.py; see ``EDISConfig``).
 
     As a replay-buffer transform it replaces exactly ``round(synthetic_fraction * B)`` rows (random positions) of every
     sampled batch ``[B]`` by rows drawn with replacement from the pool; only keys present in the batch are overwritten
@@ -173,6 +177,10 @@ class EDISTransform(Transform):
         Returns:
             diagnostics: ``diffusion_loss`` (mean of the last 10% of steps), ``energy_loss/<name>`` (InfoNCE; chance
             level is ``log(num_negatives + 1)``), and ``time`` in seconds.
+
+        Raises:
+            ValueError: ``data`` or ``online`` holds NaN or inf (the message names the field, the count and the first
+                transition); nothing is trained and the pool is left as it was.
         """
         start = time.perf_counter()
         cfg = self.config
@@ -291,7 +299,9 @@ class EDISTransform(Transform):
             if not self.energy_trained[name]:
                 untrained.append(name)
                 continue
-            if self.config.mask_guidance:
+            if self.config.mask_guidance or name == "policy":
+                # the policy energy's positives pair policy actions with the dataset's (r, s'): its gradient on those
+                # blocks would pull them away from the dynamics, so it only ever moves the action
                 mask = self.layout.mask(_GUIDED_BLOCK[name])
             else:
                 mask = torch.ones(self.layout.dim, dtype=torch.bool)
