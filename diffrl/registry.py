@@ -15,7 +15,9 @@ Registration forms:
 
 Where components come from:
 
-* diffrl's own modules (listed in ``BUILTIN_MODULES``) are imported on the first lookup, never at ``import diffrl``;
+* diffrl's own components register when their module is imported, and the first lookup imports every module of the
+  packages in ``BUILTIN_PACKAGES`` (``diffrl.modules``, ``diffrl.objectives``, ``diffrl.data``, subpackages included),
+  never ``import diffrl``: a new built-in component is one module in one of them, listed nowhere else;
 * third-party packages declare an entry point in the group ``diffrl.components``; the entry point names a module that
   registers its components when imported. Plugins are loaded on a lookup miss, or eagerly by ``load_plugins()``.
 
@@ -34,6 +36,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import pkgutil
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -50,23 +53,15 @@ __all__ = [
     "describe",
     "load_plugins",
     "items",
+    "builtin_modules",
+    "BUILTIN_PACKAGES",
 ]
 
 ENTRY_POINT_GROUP = "diffrl.components"
 
-# diffrl's own component modules. Importing one registers what it defines (decorators and lazy targets).
-BUILTIN_MODULES: tuple[str, ...] = (
-    "diffrl.modules.diffusion_actor",
-    "diffrl.modules.gaussian_actor",
-    "diffrl.modules.critics",
-    "diffrl.objectives.diffusion_bc",
-    "diffrl.objectives.torchrl_losses",
-    "diffrl.objectives.cal_ql",
-    "diffrl.objectives.diffusion_ql",
-    "diffrl.objectives.qsm",
-    "diffrl.data.generators",
-    "diffrl.data.edis",
-)
+# The packages holding diffrl's own components. Every module in them is imported on the first lookup, and importing a
+# module registers what it defines (decorators and lazy targets), so no list of modules needs maintaining.
+BUILTIN_PACKAGES: tuple[str, ...] = ("diffrl.modules", "diffrl.objectives", "diffrl.data")
 
 
 class RegistryError(LookupError, ValueError):
@@ -223,11 +218,31 @@ def _load_builtins() -> None:
             return
         _builtins_loading = True
         try:
-            for module_name in BUILTIN_MODULES:
+            for module_name in builtin_modules():
                 importlib.import_module(module_name)
             _builtins_loaded = True
         finally:
             _builtins_loading = False
+
+
+def builtin_modules() -> list[str]:
+    """The modules the first lookup imports: every public module under ``BUILTIN_PACKAGES``, subpackages included.
+
+    Names starting with ``_`` are skipped (``__main__``: a command line, not a component).
+
+    Example:
+        >>> from diffrl import registry
+        >>> modules = registry.builtin_modules()
+        >>> [m in modules for m in ("diffrl.objectives.qsm", "diffrl.data.edis.transform", "diffrl.data.__main__")]
+        [True, True, False]
+    """
+    found: list[str] = []
+    for package_name in BUILTIN_PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
+            if not info.name.rpartition(".")[2].startswith("_"):
+                found.append(info.name)
+    return found
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:

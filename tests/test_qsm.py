@@ -213,11 +213,11 @@ def test_target_actions_get_clipped_gaussian_noise_and_min_backup():
     loss = QScoreMatchingLoss(actor, critic, target_noise=0.0, gamma=0.5)
     critic.seen.clear()
     batch = make_batch(n)
-    batch["action"].zero_()  # current Q = 0, so |td_error| = |y|
+    batch["action"].zero_()  # current Q = 0, so td_error = (Q - y)^2 = y^2 (squared, as TorchRL's TD3/IQL/CQL)
     _, info = loss.qvalue_loss(batch)
     next_q = torch.minimum(1.0 * policy_action[:, 0], 2.0 * policy_action[:, 0])
     expected = batch["next", "reward"][:, 0] + 0.5 * (~batch["next", "terminated"][:, 0]).float() * next_q
-    torch.testing.assert_close(info["td_error"], expected.abs())
+    torch.testing.assert_close(info["td_error"], expected.pow(2))
 
 
 def test_set_keys_changes_what_the_loss_reads():

@@ -227,3 +227,45 @@ def test_broken_plugin_is_loud(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     with pytest.raises(registry.RegistryError, match="plugin 'broken'.*failed to load"):
         registry.load_plugins()
+
+
+def test_a_module_in_a_builtin_package_registers_without_being_listed(clean_kind, tmp_path, monkeypatch):
+    """Adding a built-in component is one file: the first lookup imports every public module of the packages."""
+    package = tmp_path / "diffrl_test_builtins"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "widgets.py").write_text(
+        textwrap.dedent(
+            f"""
+            from diffrl import registry
+
+            @registry.register("{clean_kind}", "auto_widget")
+            class AutoWidget:
+                '''Registered by being in a built-in package.'''
+            """
+        )
+    )
+    (package / "__main__.py").write_text("raise RuntimeError('a command line must not be imported by a lookup')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(registry, "BUILTIN_PACKAGES", ("diffrl_test_builtins",))
+    monkeypatch.setattr(registry, "_builtins_loaded", False)
+    assert registry.builtin_modules() == ["diffrl_test_builtins.sub", "diffrl_test_builtins.sub.widgets"]
+    assert registry.get(clean_kind, "auto_widget").__name__ == "AutoWidget"
+    assert "diffrl_test_builtins.__main__" not in sys.modules
+    for name in [m for m in sys.modules if m.startswith("diffrl_test_builtins")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_every_component_module_of_diffrl_is_a_builtin():
+    modules = registry.builtin_modules()
+    for name in (
+        "diffrl.objectives.common",
+        "diffrl.objectives.qsm",
+        "diffrl.modules.critics",
+        "diffrl.data.generators",
+    ):
+        assert name in modules
+    assert not [m for m in modules if m.rpartition(".")[2].startswith("_")]
+    assert {"diffusion_ql", "qsm", "cal_ql", "diffusion_bc", "iql"} <= set(registry.names("loss"))

@@ -18,11 +18,10 @@ from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule, d
 from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.modules.distributions.utils import rsample_and_log_prob, sample_and_log_prob
-from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import ValueEstimators, _cache_values, dispatch_value_estimator, distance_loss
+from torchrl.objectives.utils import _cache_values, distance_loss
 
 from diffrl import registry
-from diffrl.objectives.qvalue import QEnsembleMixin
+from diffrl.objectives.common import DiffrlLossBase
 
 __all__ = ["CalQLLoss"]
 
@@ -46,7 +45,7 @@ _OUT_KEYS = (
 
 
 @registry.register("loss", "cal_ql")
-class CalQLLoss(QEnsembleMixin, LossModule):
+class CalQLLoss(DiffrlLossBase):
     """Calibrated conservative Q-learning (Cal-QL) over a tanh-Gaussian actor and an ensemble of Q networks.
 
     Reference: Nakamoto et al., "Cal-QL: Calibrated Offline RL Pre-Training for Efficient Online Fine-Tuning",
@@ -133,33 +132,24 @@ class CalQLLoss(QEnsembleMixin, LossModule):
     """
 
     @dataclass
-    class _AcceptedKeys:
-        """Configurable tensordict keys, changed with ``set_keys(name=key)``.
+    class _AcceptedKeys(DiffrlLossBase._AcceptedKeys):
+        """The base's keys (``action``, ``state_action_value``, ``reward``, ``done``, ``terminated``, ``priority``)
+        plus Cal-QL's own, changed with ``set_keys(name=key)``. The actor and the critics read the state under their
+        own ``in_keys``, so ``observation`` and ``priority_weight`` are accepted but not read.
 
         Attributes:
-            action: the dataset action. Default ``"action"``.
             value: the next-state value handed to the value estimator. Default ``"state_value"``.
-            state_action_value: what the Q network writes. Default ``"state_action_value"``.
             log_prob: where the actor's log-probability is stored in metadata. Default ``"_log_prob"``.
             mc_return: the Monte-Carlo discounted return-to-go used by calibration. Default ``"mc_return"``.
-            priority: where the TD error is written for prioritised replay. Default ``"td_error"``.
-            reward, done, terminated: transition entries under ``"next"``. Defaults ``"reward"``, ``"done"``,
-                ``"terminated"``.
         """
 
-        action: NestedKey = "action"
         value: NestedKey = "state_value"
-        state_action_value: NestedKey = "state_action_value"
         log_prob: NestedKey = "_log_prob"
         mc_return: NestedKey = "mc_return"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
-    default_value_estimator = ValueEstimators.TD0
+    loss_terms = ("actor", "alpha", "qvalue", "cql")  # forward's order; alpha and alpha' reuse the actor and cql terms
 
     actor_network: TensorDictModule
     actor_network_params: TensorDictParams
@@ -224,6 +214,8 @@ class CalQLLoss(QEnsembleMixin, LossModule):
         self.cql_importance_sample = cql_importance_sample
         self.cql_temp = float(cql_temp)
         self.cql_lagrange = cql_lagrange
+        if cql_lagrange:
+            self.loss_terms = (*self.loss_terms, "alpha_prime")
         self.cql_target_action_gap = float(cql_target_action_gap)
         self.cql_clip_diff_min = float(cql_clip_diff_min)
         self.cql_clip_diff_max = float(cql_clip_diff_max)
@@ -245,29 +237,10 @@ class CalQLLoss(QEnsembleMixin, LossModule):
         return self
 
     def _estimator_keys(self) -> dict[str, NestedKey]:
-        keys = self.tensor_keys
-        return {"value": keys.value, "reward": keys.reward, "done": keys.done, "terminated": keys.terminated}
+        # The target is a state value V'(s') (min over critics, max over samples), stored under ``value``.
+        return {**super()._estimator_keys(), "value": self.tensor_keys.value}
 
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if self._value_estimator is not None:
-            self._value_estimator.set_keys(**self._estimator_keys())
-
-    def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams) -> CalQLLoss:
-        """Build the TD(0) estimator of the target; ``gamma`` (default 0.99) is its main hyperparameter."""
-        if value_type is None:
-            value_type = self.default_value_estimator
-        dispatch_value_estimator(
-            self,
-            value_type,
-            supported=(ValueEstimators.TD0,),
-            tensor_keys=self._estimator_keys(),
-            value_network=None,
-            **hyperparams,
-        )
-        return self
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
+    def _default_in_keys(self) -> list[NestedKey]:
         keys = [
             self.tensor_keys.action,
             ("next", self.tensor_keys.reward),
@@ -281,19 +254,20 @@ class CalQLLoss(QEnsembleMixin, LossModule):
             keys.append(self.tensor_keys.mc_return)
         return list(dict.fromkeys(keys))
 
-    @property
-    def out_keys(self) -> list[str]:
+    def _declared_out_keys(self) -> list[str]:
         extra = ["loss_alpha_prime", "alpha_prime"] if self.cql_lagrange else []
         return [*_OUT_KEYS, *extra]
 
     # ---------------------------------------------------------------------------------------------- loss terms
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Actor, alpha, critic and conservative terms (the base's ``forward`` extended: the alpha term reads the actor
+        term's log-probabilities and the alpha' term the conservative gaps)."""
         loss_actor, actor_meta = self.actor_loss(tensordict)
         loss_alpha, _ = self.alpha_loss(actor_meta[self.tensor_keys.log_prob], tensordict)
         loss_qvalue, q_meta = self.qvalue_loss(tensordict)
         loss_cql, cql_meta = self.cql_loss(tensordict)
-        tensordict.set(self.tensor_keys.priority, q_meta.pop("td_error"))
+        tensordict.set(self.tensor_keys.priority, q_meta.pop("td_error"))  # max_i (Q_i - y)^2, as the base
         out = {
             "loss_actor": loss_actor,
             "loss_qvalue": loss_qvalue,
@@ -338,7 +312,7 @@ class CalQLLoss(QEnsembleMixin, LossModule):
         target = target.expand_as(q_pred)
         loss = distance_loss(q_pred, target, self.loss_function).sum(0)
         meta = {
-            "td_error": (q_pred - target).pow(2).max(0).values.detach(),
+            "td_error": self._td_error(q_pred, target),
             "q_value": q_pred.detach().mean(),
             "target_value": target.mean(),
         }

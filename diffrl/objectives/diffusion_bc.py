@@ -13,18 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict import TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
-from torchrl.objectives import LossModule
+from torch import Tensor
 
 from diffrl import registry
+from diffrl.objectives.common import DiffrlLossBase
 
 __all__ = ["DiffusionBCLoss"]
 
 
 @registry.register("loss", "diffusion_bc")
-class DiffusionBCLoss(LossModule):
+class DiffusionBCLoss(DiffrlLossBase):
     """Diffusion behaviour cloning (Ho et al. 2020's simple loss on actions; Diffusion-QL's ``bc_loss``).
 
     Math, per sample ``(s, a)``:
@@ -67,7 +68,10 @@ class DiffusionBCLoss(LossModule):
         observation: NestedKey = "observation"
         action: NestedKey = "action"
 
+    tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
+    loss_terms = ("actor",)  # no critic, no value estimator
+
     actor_network: TensorDictModuleBase
     actor_network_params: TensorDictParams
     target_actor_network_params: TensorDictParams
@@ -79,31 +83,19 @@ class DiffusionBCLoss(LossModule):
                 f"{type(actor_network).__name__}. Build one with registry.build('actor', 'diffusion', ...)."
             )
         super().__init__()
-        self._in_keys = None
         self.reduction = "mean" if reduction is None else reduction
         self.convert_to_functional(actor_network, "actor_network")
 
+    def _default_in_keys(self) -> list[NestedKey]:
+        return [self.tensor_keys.observation, self.tensor_keys.action]
+
     def _forward_value_estimator_keys(self, **kwargs) -> None:
-        self._in_keys = None  # re-derived from tensor_keys on next access
+        self._in_keys = None  # no value estimator: only the in_keys follow set_keys
 
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        if self._in_keys is None:
-            self._in_keys = [self.tensor_keys.observation, self.tensor_keys.action]
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, value: list[NestedKey]) -> None:
-        self._in_keys = value
-
-    @property
-    def out_keys(self) -> list[str]:
-        return ["loss_actor"]
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        observation = tensordict.get(self.tensor_keys.observation)
-        action = tensordict.get(self.tensor_keys.action)
+    def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """The reduced epsilon-prediction loss on the batch's (observation, action) pairs, and no diagnostics."""
+        observation = self._read(tensordict, self.tensor_keys.observation)
+        action = self._read(tensordict, self.tensor_keys.action)
         with self.actor_network_params.to_module(self.actor_network):
             per_sample = self.actor_network.denoising_loss(observation, action)
-        loss_actor = self._reduce_loss(per_sample, tensordict=tensordict)
-        return TensorDict({"loss_actor": loss_actor}, batch_size=[])
+        return self._reduce_loss(per_sample, tensordict=tensordict), {}
