@@ -280,6 +280,24 @@ class DiffusionActor(TensorDictModuleBase):
         batch = torch.broadcast_shapes(noisy_action.shape[:-1], observation.shape[:-1], step.shape)
         return self.network(noisy_action, step.expand(batch), observation)
 
+    def add_noise(self, action: Tensor, step: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The forward process: ``(a_t, eps)`` with ``a_t = sqrt(abar_t) action + sqrt(1 - abar_t) eps``.
+
+        ``step`` holds integer steps with the batch shape of ``action``; ``eps ~ N(0, I)`` is drawn unless ``noise``
+        is given. The same noising as :meth:`denoising_loss` (:func:`diffrl.diffusion.ddpm.q_sample`); named as
+        TorchRL's ``DiffusionActor.add_noise``.
+
+        Example:
+            >>> actor = DiffusionActor(obs_dim=1, action_dim=2, hidden_sizes=(8,), num_steps=5)
+            >>> noisy, eps = actor.add_noise(torch.ones(3, 2), torch.tensor([0, 2, 4]), torch.zeros(3, 2))
+            >>> bool((noisy[0] > noisy[1]).all() and (noisy[1] > noisy[2]).all()), bool((eps == 0).all())
+            (True, True)
+        """
+        self._check_last_dim(action, self.action_dim, "action")
+        if noise is None:
+            noise = torch.randn_like(action)
+        return ddpm.q_sample(self.schedule, action, step, noise), noise
+
     def _fixed_noise(self, observation: Tensor, num_samples: int | None, draws: int | None = None) -> Tensor:
         # One seeded draw per candidate index, broadcast over observations: the same observation always gets the same
         # action, wherever it sits in a batch.

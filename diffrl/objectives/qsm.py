@@ -40,8 +40,8 @@ class QScoreMatchingLoss(DiffrlLossBase):
     ``forward`` and step once.
 
     Args:
-        actor_network: a diffusion actor providing ``predict_noise(noisy_action, step, observation)``,
-            ``sample(observation, ...)``, ``schedule`` (with ``alphas_cumprod``) and ``num_steps``.
+        actor_network: a diffusion actor providing ``add_noise(action, step)`` (the forward process),
+            ``predict_noise(noisy_action, step, observation)``, ``sample(observation, ...)`` and ``num_steps``.
         qvalue_network: a single Q network (duplicated ``num_qvalue_nets`` times) or a native ensemble (``twin_q``).
 
     Keyword Args:
@@ -98,7 +98,7 @@ class QScoreMatchingLoss(DiffrlLossBase):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        self._require_diffusion_actor(actor_network, ("predict_noise", "sample"))
+        self._require_diffusion_actor(actor_network, ("predict_noise", "sample", "add_noise"))
         if critic_reduction not in ("mean", "min"):
             raise ValueError(f"critic_reduction must be 'mean' or 'min', got {critic_reduction!r}.")
         self.convert_to_functional(actor_network, "actor_network", create_target_params=False)
@@ -141,10 +141,8 @@ class QScoreMatchingLoss(DiffrlLossBase):
         weights = self._maybe_get_priority_weight(tensordict)
         observation = self._read(tensordict, self.tensor_keys.observation)
         action = self._read(tensordict, self.tensor_keys.action)
-        alphas_cumprod = self.actor_network.schedule.alphas_cumprod
         step = torch.randint(0, self.actor_network.num_steps, action.shape[:-1], device=action.device)
-        abar = alphas_cumprod[step].unsqueeze(-1)
-        noisy_action = abar.sqrt() * action + (1 - abar).sqrt() * torch.randn_like(action)
+        noisy_action, _ = self.actor_network.add_noise(action, step)  # the forward noise is not a target in QSM
         target = self.score_target(observation, noisy_action)
         with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
             predicted = self.actor_network.predict_noise(noisy_action, step, observation)
