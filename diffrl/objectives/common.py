@@ -87,7 +87,7 @@ class DiffrlLossBase(LossModule):
         ...         return self._reduce_loss(gap, tensordict=tensordict), {"distance": gap.detach().mean()}
         >>> loss = MeanActionLoss()
         >>> out = loss(TensorDict({"action": torch.ones(4, 2)}, [4]))
-        >>> loss.out_keys, float(out["loss_actor"])
+        >>> loss.out_keys, out["loss_actor"].item()
         (['loss_actor', 'distance'], 2.0)
     """
 
