@@ -1,1 +1,2 @@
-"""TorchRL LossModules (Diffusion-QL, Q-Score Matching, Cal-QL), TorchRL's own losses registered, target updaters."""
+"""TorchRL LossModules (Diffusion-QL, Q-Score Matching, Cal-QL, diffusion BC) on one base, ``common.DiffrlLossBase``;
+TorchRL's own losses registered; target updaters."""
