@@ -185,15 +185,19 @@ def test_recipe_runs_both_phases_with_regenerations_from_another_directory(name,
 def test_edis_calql_resumes_mid_online_with_the_same_regeneration_schedule(tiny_dataset, tmp_path):
     run_dir = tmp_path / "run"
     run_recipe("edis_calql", [*TINY, f"data.dataset_id={tiny_dataset}", f"logger.dir={run_dir}"], tmp_path)
-    uninterrupted = read_metrics(run_dir)["edis/regenerations"]
+    before = read_metrics(run_dir)
+    uninterrupted = before["edis/regenerations"]
     checkpoint = run_dir / "checkpoints" / "step_000000025.pt"  # online step 5, between two regenerations
     proc = run_recipe("edis_calql", [f"resume={checkpoint}"], tmp_path)
-    assert "EDIS: drew a pool of 64 samples from the restored generator" in proc.stdout
-    assert "unguided" not in proc.stdout  # the generator was restored, not refitted at the (re-run) switch
+    assert "unguided" not in proc.stdout  # the generator and its pool were restored, not refitted at the switch
     assert proc.stdout.strip().splitlines()[-1].startswith("edis_calql: 25 steps")
-    resumed = read_metrics(run_dir)["edis/regenerations"]
+    after = read_metrics(run_dir)
+    resumed = after["edis/regenerations"]
     assert resumed[0].tolist() == uninterrupted[0].tolist() == [20, 30, 40]
     assert resumed[1].tolist() == [1, 2, 3]
+    # exact: the same pool rows, the same env episode, the same generators: every logged number is the same
+    for key in ("train/loss_qvalue", "train/loss_actor", "eval/normalized_score", "edis/diffusion_loss"):
+        assert before[key][1].tolist() == after[key][1].tolist(), key
 
 
 def test_bad_edis_option_is_a_one_line_error(tiny_dataset, tmp_path):
