@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from diffrl.train.config import ConfigError
+from diffrl.errors import ConfigError
 
 __all__ = ["EnvConfigError", "make_env", "make_parallel_env"]
 

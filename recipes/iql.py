@@ -54,7 +54,8 @@ def main(cfg):
         "value": torch.optim.Adam(loss.value_network_params.values(True, True), lr=cfg.optim.value_lr),
     }
     schedulers = {}
-    if cfg.optim.get("actor_lr_schedule", "constant") == "cosine":  # past T_max the cosine climbs back, slowly
+    # CORL's cosine: 0 at T_max = offline steps, then periodic (3e-5 after 0.2 T_max more, the full lr at 2 T_max)
+    if cfg.optim.get("actor_lr_schedule", "constant") == "cosine":
         schedulers["actor"] = torch.optim.lr_scheduler.CosineAnnealingLR(optims["actor"], T_max=cfg.offline.steps)
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
     state = {"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}}

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from diffrl.train.config import ConfigError
+from diffrl.errors import ConfigError
 
 __all__ = [
     "DatasetWriteError",

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from diffrl.train.config import ConfigError
+from diffrl.errors import ConfigError
 
 __all__ = [
     "DatasetNotFoundError",

@@ -7,8 +7,10 @@ What each one expects (observation key ``"observation"``, action key ``"action"`
 not accept a native ensemble that writes ``[..., N]`` values; diffrl's own losses (``cal_ql``, ...) accept both.
 
 * ``iql`` - ``torchrl.objectives.IQLLoss(actor_network, qvalue_network, value_network, ...)``. Actor: a stochastic
-  ``ProbabilisticActor`` whose distribution scores dataset actions (``TanhNormal`` is fine: its log-probability stays
-  finite at the bounds). Critic: a single Q network (2 copies by default, with targets). Value: a module reading the
+  ``ProbabilisticActor`` whose distribution scores dataset actions: diffrl's ``gaussian`` actor (CORL's: a Normal
+  around ``tanh(MLP(s))``, no tanh correction), because a ``TanhNormal``'s log-probabilities of dataset actions near the
+  bounds are large and negative and dominate the advantage-weighted loss.
+  Critic: a single Q network (2 copies by default, with targets). Value: a module reading the
   observation and writing ``"state_value"`` ``[..., 1]``. CORL's fine-tuning settings: ``expectile=0.7`` (0.9 on
   AntMaze), ``temperature=3.0`` (10 on AntMaze), ``loss_function="l2"``; advantage weights are clipped at 100 inside
   the loss. Outputs ``loss_actor``, ``loss_qvalue``, ``loss_value``. Needs a target updater (``SoftUpdate``, tau 0.005).

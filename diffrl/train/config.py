@@ -57,6 +57,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from diffrl.errors import ConfigError  # defined beside the registry: data and envs raise it without importing train
+
 __all__ = [
     "ConfigError",
     "ConfigOrigin",
@@ -126,15 +128,6 @@ if not OmegaConf.has_resolver("now"):
     # omegaconf 2.4 renamed register_new_resolver (now deprecated) to register_resolver.
     _register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
     _register("now", _now, use_cache=True)
-
-
-class ConfigError(ValueError):
-    """Bad configuration input (unknown key, wrong type, missing file...): a one-line message saying what is right.
-
-    Example:
-        >>> issubclass(ConfigError, ValueError)
-        True
-    """
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A run: its directory, metric logger and checkpointer, and ``resume=`` handled in one place.
 
-Keys read from the config (the keys every recipe shares, README "Recipes"): ``logger.dir`` (the run directory), ``logger.backend``
+Keys read from the config (shared by every recipe): ``logger.dir`` (the run directory), ``logger.backend``
 (csv/tensorboard/wandb), ``resume`` (a run directory or a checkpoint file, or null); optional ``logger.project`` (W&B)
 and ``logger.keep`` (checkpoints kept, default 2).
 

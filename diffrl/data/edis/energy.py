@@ -102,10 +102,12 @@ def info_nce_loss(
 
 
 class EnergyGuidance:
-    """Guidance callback ``g(x, sigma) = clip(sum_i w_i * mask_i * grad E_i(x, sigma))`` for the EDM Heun sampler.
+    """Guidance callback ``g(x, sigma) = clip(s(sigma) * sum_i w_i * mask_i * grad E_i(x, sigma))`` for the EDM sampler.
 
-    Each energy's gradient is restricted to its feature block by ``mask_i``; the sum is clipped per sample to norm
-    ``clip_norm``. Because it is *added* to the ODE derivative (see :mod:`diffrl.diffusion.edm`), samples descend the
+    Each energy's gradient is restricted to the features of ``mask_i`` (the transform's default passes all-true masks
+    except for the policy energy, which moves only the action: ``mask_guidance=False``); ``s(sigma)`` is ``sigma`` with
+    ``sigma_scale`` (the transform's default) and 1 otherwise; the sum is clipped per sample to norm ``clip_norm``.
+    Because it is *added* to the ODE derivative (see :mod:`diffrl.diffusion.edm`), samples descend the
     energies. All gradients are taken in one backward pass: energy ``i`` sees ``x`` with gradient flowing only through
     its block.
 
