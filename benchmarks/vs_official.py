@@ -180,6 +180,33 @@ def diffrl_update(
     return update, actor, critic, loss
 
 
+def matmul_rates(device: torch.device, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of this process's 256 x 256 x 256 matrix product (the networks' hidden layers), fp32 and bf16, best of
+    ``repeats``: the ceiling a Diffusion-QL update's matrix products can reach here, at the current load."""
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b, bias = (torch.randn(*shape, device=device, dtype=dtype) for shape in ((256, 256), (256, 256), (256,)))
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(50):
+                torch.addmm(bias, a, b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - start) / 50)
+        out[str(dtype).removeprefix("torch.")] = 2 * 256**3 / best / 1e9
+    return out
+
+
+def flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one call (``torch.utils.flop_counter``: matrix products only)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
 def interleaved(fns: dict[str, Callable[[], object]], calls: dict[str, int], repeats: int) -> dict[str, list[float]]:
     """Seconds per call of every function, one figure per repeat, the functions taking turns within each repeat."""
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -217,6 +244,7 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="also time diffrl's fast options (departures)")
     parser.add_argument("--fast-precision", default="auto", help="precision of the fast variant: auto, fp32, bf16")
     parser.add_argument("--target-steps", type=int, default=2, help="DDIM steps of the fast variant's critic target")
+    parser.add_argument("--cpp-wrapper", action="store_true", help="inductor's C++ wrapper for compiled code")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (GPU paths untested here)")
     parser.add_argument("--grad-norm", type=float, default=9.0, help="clip norm, both sides (halfcheetah-medium: 9)")
     parser.add_argument("--iters", type=int, default=20, help="updates per repeat and variant")
@@ -232,6 +260,10 @@ def main() -> None:
         raise SystemExit(f"--device {args.device}: torch reports no CUDA device here; use --device cpu.")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    if args.cpp_wrapper:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp_wrapper = True
     Diffusion_QL = import_official(args.official_path)
     print(machine_line(args.device))
 
@@ -247,6 +279,7 @@ def main() -> None:
     variants["diffrl eager"] = eager
     if args.compile:
         variants["diffrl compiled"] = diffrl_update(device, args.grad_norm, {}, True, args.compile_mode)[0]
+    precision = "fp32"
     if args.fast:
         fast = {"action_approximation": "edp", "target_sampler": "ddim", "target_sampler_steps": args.target_steps}
         precision = args.fast_precision
@@ -268,12 +301,22 @@ def main() -> None:
             for _ in range(args.warmup):
                 fn()
         times = interleaved(fns, dict.fromkeys(fns, args.iters), args.repeats)
+        work = {"faithful": flops(lambda: eager(batches[0]))}
+        if args.fast:
+            work["fast"] = flops(lambda: variants[label](batches[0]))
         report(
             f"update (batch {BATCH}, state {OBS}, action {ACT}, T={T}, 3x{HIDDEN} Mish, grad clip {args.grad_norm}; "
             f"{args.repeats} repeats x {args.iters} updates)",
             times,
             "updates/s",
             "official",
+        )
+        rates = matmul_rates(device)
+        print(
+            f"matrix products per update: {', '.join(f'{k} {v / 1e9:.2f} GFLOP' for k, v in work.items())}; this "
+            f"process's 256x256x256 addmm now: {', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in rates.items())}; "
+            f"so the faithful update's matrix products alone need >= {work['faithful'] / rates['float32'] / 1e6:.1f} "
+            f"ms in fp32 (<= {rates['float32'] * 1e9 / work['faithful']:.1f} updates/s)"
         )
 
     if not args.skip_action:
@@ -299,6 +342,11 @@ def main() -> None:
         }
         if args.compile:
             fns["diffrl compiled"] = diffrl_action(torch.compile(select, mode=args.compile_mode))
+        if args.fast and precision == "bf16":  # the same selection, candidates sampled under bf16 autocast
+            fast_select = QSelectionActor(actor, critic, num_candidates=50, precision="bf16").select
+            if args.compile:
+                fast_select = torch.compile(fast_select, mode=args.compile_mode)
+            fns["diffrl fast (bf16)"] = diffrl_action(fast_select)
         for fn in fns.values():
             for _ in range(args.warmup * 5):
                 fn()
@@ -308,6 +356,13 @@ def main() -> None:
             times,
             "ms/action",
             "official",
+        )
+        with torch.inference_mode():
+            work = flops(lambda: select(torch.as_tensor(observations[0], device=device)))
+        rate = matmul_rates(device)["float32"]
+        print(
+            f"matrix products per action: {work / 1e6:.1f} MFLOP; at this process's fp32 256x256x256 rate now "
+            f"({rate:.0f} GFLOP/s) >= {work / rate / 1e6:.2f} ms/action"
         )
 
 
