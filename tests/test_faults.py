@@ -24,7 +24,7 @@ from diffrl.envs import make_env
 from diffrl.train import read_metrics
 from diffrl.train.faults import NonFiniteLossError, RunInterrupted
 from diffrl.train.run import start_run
-from diffrl.train.trainer import Trainer
+from diffrl.train.trainer import Hook, Trainer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -40,7 +40,9 @@ def _config(run_dir: Path, resume: Path | None = None, **online) -> OmegaConf:
     )
 
 
-def _trainer(cfg, interrupt_at: int | None = None, nan_at: int | None = None) -> tuple[Trainer, torch.nn.Module]:
+def _trainer(
+    cfg, interrupt_at: int | None = None, nan_at: int | None = None, halve_every: int = 0
+) -> tuple[Trainer, torch.nn.Module]:
     """An online-only Trainer on Pendulum whose every update depends on the replay sample, the env and the global
     generator, so that any stream restored differently on resume changes the final weights."""
     torch.manual_seed(0)
@@ -81,10 +83,17 @@ def _trainer(cfg, interrupt_at: int | None = None, nan_at: int | None = None) ->
         env=env,
         eval_env=eval_env,
         checkpoint={"actor": actor, "optim": optim},
+        hooks=[Hook(on_interval=lambda trainer: _halve(actor), every=halve_every)],
         progress_keys=None,
         verbose=False,
     )
     return trainer, actor
+
+
+def _halve(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(0.5)
 
 
 def _weights(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -129,6 +138,24 @@ def test_resume_from_a_periodic_checkpoint_mid_episode_is_exact(tmp_path):
             later.unlink()
     # logger.dir as saved (a resume may not change it); the run continues in the directory of its checkpoint.
     resumed, actor = _trainer(_config(tmp_path / "ref", resume=tmp_path / "copy"))
+    resumed.run()
+    resumed.record.close()
+    assert all(torch.equal(a, b) for a, b in zip(_weights(actor), _weights(ref_actor)))
+
+
+def test_a_periodic_hook_at_a_checkpoint_step_is_in_that_checkpoint(tmp_path):
+    # The hook (every 25 online steps, e.g. an EDIS refit) and the checkpoint (every 25) fall on the same step: the
+    # checkpoint must hold the hook's effect, or a run resumed from it skips the hook.
+    reference, ref_actor = _trainer(_config(tmp_path / "ref"), halve_every=25)
+    reference.run()
+    reference.record.close()
+    import shutil
+
+    shutil.copytree(tmp_path / "ref", tmp_path / "copy")
+    for later in (tmp_path / "copy" / "checkpoints").glob("step_*.pt"):
+        if not later.name.startswith("step_000000025"):
+            later.unlink()
+    resumed, actor = _trainer(_config(tmp_path / "ref", resume=tmp_path / "copy"), halve_every=25)
     resumed.run()
     resumed.record.close()
     assert all(torch.equal(a, b) for a, b in zip(_weights(actor), _weights(ref_actor)))

@@ -444,9 +444,6 @@ class Trainer:
                 if metrics is not None and self._multi_process:
                     collector.update_policy_weights_()  # workers in other processes act with the new weights
                 self._advance(data.numel(), metrics, bar, online=data)
-                for hook in self.hooks:
-                    if hook.on_interval is not None and _crossed(before, self.step - s.offline_steps, hook.every):
-                        hook.on_interval(self)
         finally:
             if self._multi_process:
                 collector.shutdown()
@@ -466,6 +463,13 @@ class Trainer:
                 logged = {k: v for k, v in self._metrics.items() if k.startswith("train/")}
                 self.record.log({**logged, "train/updates": self.updates}, self.step)
         bar.update(n, self._metrics)
+        if online is not None:
+            # Periodic hooks run before this step's evaluation and checkpoint, so that a run resumed from that
+            # checkpoint holds what they did (an EDIS refit) instead of skipping it.
+            online_before, online_now = before - s.offline_steps, self.step - s.offline_steps
+            for hook in self.hooks:
+                if hook.on_interval is not None and _crossed(online_before, online_now, hook.every):
+                    hook.on_interval(self)
         if self.step in (s.offline_steps, s.total_steps) or self.step > s.total_steps:
             return  # the end of the phase evaluates and saves
         due_eval = _crossed(before, self.step, s.eval_every)
