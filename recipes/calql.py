@@ -48,12 +48,12 @@ def main(cfg):
 
     # CORL: the entropy temperature learns at the policy rate, the Lagrange multiplier at the critic rate.
     optims = {
-        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr),
-        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr),
-        "alpha": torch.optim.Adam([loss.log_alpha], lr=cfg.optim.actor_lr),
+        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr, fused=True),
+        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr, fused=True),
+        "alpha": torch.optim.Adam([loss.log_alpha], lr=cfg.optim.actor_lr, fused=True),
     }
     if cfg.loss.cql_lagrange:
-        optims["alpha_prime"] = torch.optim.Adam([loss.log_alpha_prime], lr=cfg.optim.critic_lr)
+        optims["alpha_prime"] = torch.optim.Adam([loss.log_alpha_prime], lr=cfg.optim.critic_lr, fused=True)
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
     state = {"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}}
 
@@ -62,9 +62,11 @@ def main(cfg):
         hooks.append(edis)
         state["edis"] = edis
 
+    # compile: the loss forward through torch.compile (its backward too); eager by default (compiling takes ~1 min)
+    loss_fn = torch.compile(loss) if cfg.get("compile", False) else loss
     trainer = Trainer(
         cfg,
-        update=summed_loss_update(loss, optims.values(), updater),
+        update=summed_loss_update(loss_fn, optims.values(), updater),
         run=run,
         policy=actor,
         offline_rb=rb,

@@ -42,8 +42,8 @@ def main(cfg):
     actor = registry.build("actor", cfg.actor, **dims).to(device)
     critic = registry.build("critic", cfg.critic, **dims).to(device)
     loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic)
-    actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr)
-    critic_optim = torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr)
+    actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr, fused=True)
+    critic_optim = torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr, fused=True)
     decay = cfg.optim.actor_lr_decay_steps  # cosine to 0 over `decay` updates, then 0 (optax's cosine_decay_schedule)
     actor_schedule = torch.optim.lr_scheduler.LambdaLR(
         actor_optim, lambda u: 0.5 * (1 + math.cos(math.pi * min(u, decay) / decay)) if decay > 0 else 1.0
@@ -59,7 +59,9 @@ def main(cfg):
     )
 
     # The official order per update: critic step on the batch, then the actor against the updated critic.
-    update = critic_then_actor_update(loss, critic_optim, actor_optim, updater, schedulers=[actor_schedule])
+    update = critic_then_actor_update(
+        loss, critic_optim, actor_optim, updater, schedulers=[actor_schedule], compile=cfg.get("compile", False)
+    )
     state = {
         "loss": loss,
         "actor_optim": actor_optim,

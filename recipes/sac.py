@@ -35,15 +35,15 @@ def main(cfg):
     loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic)
     loss.make_value_estimator(gamma=cfg.gamma)
     optims = {  # CleanRL: the critics and the temperature learn faster than the actor
-        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr),
-        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr),
-        "alpha": torch.optim.Adam([loss.log_alpha], lr=cfg.optim.alpha_lr),
+        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr, fused=True),
+        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr, fused=True),
+        "alpha": torch.optim.Adam([loss.log_alpha], lr=cfg.optim.alpha_lr, fused=True),
     }
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
 
     trainer = Trainer(
         cfg,
-        update=summed_loss_update(loss, optims.values(), updater),
+        update=summed_loss_update(torch.compile(loss) if cfg.get("compile", False) else loss, optims.values(), updater),
         run=run,
         policy=actor,
         env=env,

@@ -263,10 +263,17 @@ class CalQLLoss(DiffrlLossBase):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Actor, alpha, critic and conservative terms (the base's ``forward`` extended: the alpha term reads the actor
         term's log-probabilities and the alpha' term the conservative gaps)."""
-        loss_actor, actor_meta = self.actor_loss(tensordict)
+        # The policy is evaluated once per state (s with gradients, s' without) and the critics once on the stacked
+        # [data, random, current, next] actions, whose data-action column is also the TD regression's prediction.
+        # Random draws keep the order of the separate terms (actor, TD target, CQL), so forward equals their sum.
+        dist = self._policy_dist(tensordict)
+        loss_actor, actor_meta = self._actor_loss(tensordict, dist)
         loss_alpha, _ = self.alpha_loss(actor_meta[self.tensor_keys.log_prob], tensordict)
-        loss_qvalue, q_meta = self.qvalue_loss(tensordict)
-        loss_cql, cql_meta = self.cql_loss(tensordict)
+        with torch.no_grad():
+            next_dist = self._policy_dist(tensordict.get("next"))
+        target = self._td_target(tensordict, next_dist)
+        loss_cql, cql_meta, q_data = self._cql_loss(tensordict, dist, next_dist)
+        loss_qvalue, q_meta = self._qvalue_regression(tensordict, q_data, target)
         tensordict.set(self.tensor_keys.priority, q_meta.pop("td_error"))  # max_i (Q_i - y)^2, as the base
         out = {
             "loss_actor": loss_actor,
@@ -286,8 +293,9 @@ class CalQLLoss(DiffrlLossBase):
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
         """``alpha * log pi(a_pi|s) - min_i Q_i(s, a_pi)`` with critic parameters and alpha detached."""
-        with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
-            dist = self.actor_network.get_dist(tensordict.select(*self.actor_network.in_keys, strict=False))
+        return self._actor_loss(tensordict, self._policy_dist(tensordict))
+
+    def _actor_loss(self, tensordict: TensorDictBase, dist) -> tuple[Tensor, dict]:
         action, log_prob = rsample_and_log_prob(dist)
         q_input = tensordict.select(*self.qvalue_network.in_keys, strict=False).set(self.tensor_keys.action, action)
         min_q = self._qvalues(q_input, self._cached_detached_qvalue_params).min(0).values
@@ -306,9 +314,14 @@ class CalQLLoss(DiffrlLossBase):
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
         """TD regression of every critic on ``r + gamma (1 - terminated) V'(s')`` from the target critics."""
-        target = self._td_target(tensordict)
+        with torch.no_grad():
+            next_dist = self._policy_dist(tensordict.get("next"))
+        target = self._td_target(tensordict, next_dist)
         q_input = tensordict.select(*self.qvalue_network.in_keys, strict=False)
-        q_pred = self._qvalues(q_input, self.qvalue_network_params)  # [C, *B]
+        return self._qvalue_regression(tensordict, self._qvalues(q_input, self.qvalue_network_params), target)
+
+    def _qvalue_regression(self, tensordict: TensorDictBase, q_pred: Tensor, target: Tensor) -> tuple[Tensor, dict]:
+        """``q_pred`` [C, *B] (the critics at the data actions) regressed on ``target`` [*B]."""
         target = target.expand_as(q_pred)
         loss = distance_loss(q_pred, target, self.loss_function).sum(0)
         meta = {
@@ -320,13 +333,19 @@ class CalQLLoss(DiffrlLossBase):
 
     def cql_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
         """The conservative term: calibrated, importance-sampled logsumexp minus the data-action value."""
+        with torch.no_grad():
+            dist, next_dist = self._policy_dist(tensordict), self._policy_dist(tensordict.get("next"))
+        loss, meta, _ = self._cql_loss(tensordict, dist, next_dist)
+        return loss, meta
+
+    def _cql_loss(self, tensordict: TensorDictBase, dist, next_dist) -> tuple[Tensor, dict, Tensor]:
+        """The conservative term, its diagnostics and the critics at the data actions ``[C, *B]`` (with gradients)."""
         n = self.cql_n_actions
         data_action = tensordict.get(self.tensor_keys.action)
         batch_shape = tensordict.batch_size
         with torch.no_grad():
-            dist = self._policy_dist(tensordict)
             curr_actions, curr_log_prob = self._sample_n(dist, n)
-            next_actions, next_log_prob = self._sample_n(self._policy_dist(tensordict.get("next")), n)
+            next_actions, next_log_prob = self._sample_n(next_dist, n)
             low, high = self._bounds(dist)
             rand_actions = low + (high - low) * torch.rand(*batch_shape, n, data_action.shape[-1], device=low.device)
             log_uniform = -torch.log(high - low).expand(data_action.shape[-1:]).sum()
@@ -362,7 +381,7 @@ class CalQLLoss(DiffrlLossBase):
             loss = self._alpha_prime.detach() * self.cql_alpha * (reduced - self.cql_target_action_gap).sum(0)
         else:
             loss = self.cql_alpha * reduced.sum(0)
-        return loss, meta
+        return loss, meta, q_data.squeeze(-1)
 
     def alpha_prime_loss(self, diff: Tensor, tensordict: TensorDictBase | None = None) -> tuple[Tensor, dict]:
         """Lagrange dual: ``-alpha' * cql_alpha * sum_i (mean(diff_i) - gap) / 2`` with the gaps detached."""
@@ -403,11 +422,11 @@ class CalQLLoss(DiffrlLossBase):
         state = state.unsqueeze(state.ndim).expand(*state.batch_size, actions.shape[-2])
         return state.set(self.tensor_keys.action, actions)
 
-    def _td_target(self, tensordict: TensorDictBase) -> Tensor:
+    def _td_target(self, tensordict: TensorDictBase, next_dist) -> Tensor:
         with torch.no_grad():
             next_td = tensordict.get("next")
             samples = self.cql_n_actions if self.cql_max_target_backup else 1
-            next_actions, next_log_prob = self._sample_n(self._policy_dist(next_td), samples)
+            next_actions, next_log_prob = self._sample_n(next_dist, samples)
             q_next = self._qvalues(self._at_state(next_td, next_actions), self.target_qvalue_network_params)
             q_next = q_next.min(0).values  # [*B, samples]: min over critics first (CORL), then max over samples
             value, index = q_next.max(-1, keepdim=True)
