@@ -54,6 +54,8 @@ LAST_K = 3
 PENDULUM = "diffrl/pendulum/medium-v0"
 HOPPER_MEDIUM = "diffrl/hopper/medium-v0"
 HOPPER_REPLAY = "diffrl/hopper/medium-replay-v0"
+# Built on first use without asking (seconds); the generated MuJoCo datasets take CPU-hours: only with --build-datasets.
+CHEAP_TO_BUILD = frozenset({PENDULUM})
 
 
 @dataclass(frozen=True)
@@ -368,6 +370,7 @@ def subprocess_runner(command: list[str], log, env: dict) -> int:
 def unavailable(cell: Cell, build: bool) -> str | None:
     """Why ``cell`` cannot run on this machine (dataset not built, env missing), or None."""
     if cell.dataset is not None:
+        build = build or cell.dataset in CHEAP_TO_BUILD
         from diffrl.data import local_dataset_ids
 
         if cell.dataset not in local_dataset_ids() and not build:
@@ -472,17 +475,24 @@ def cell_report(cell: Cell, args: argparse.Namespace) -> str:
         title = f"{' vs '.join(reversed(comp.methods)) if cell.comparisons else 'all methods'}"
         title += f", {comp.phase} phase" if comp.phase else ""
         lines += ["", f"### {title} (paired against `{comp.base}`)", ""]
+        if not comp_runs:
+            lines.append("No finished run yet.")
+            continue
+        # Until the base has a finished run there is nothing to pair against: report the others unpaired.
+        base = comp.base if any(r.name.startswith(comp.base + "_seed") for r in comp_runs) else None
+        if base is None:
+            lines += [f"(`{comp.base}` has no finished run yet: no paired difference.)", ""]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # fewer than 5 seeds, seeds on one side only: visible in the table
-                report = write_report(comp_runs, out, base=comp.base, last_k=LAST_K, phase=comp.phase, reps=args.reps)
+                report = write_report(comp_runs, out, base=base, last_k=LAST_K, phase=comp.phase, reps=args.reps)
         except (ValueError, FileNotFoundError, ImportError) as err:
             lines.append(f"No report: {' '.join(str(err).split())}")
             continue
         table = report.table
         if row is not None:
             columns = table.splitlines()[0].count("|") - 1
-            table += "\n" + _dataset_table_row(row, columns, comp.base is not None)
+            table += "\n" + _dataset_table_row(row, columns, base is not None)
             text = report.path.read_text().replace(report.table, table, 1)
             atomic_write_text(report.path, text)
         rel = report.path.parent.relative_to(args.out)
@@ -531,14 +541,17 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, Python {platform.python_version()}"
 
 
-def write_readme(args: argparse.Namespace) -> Path:
-    """Rebuild ``<out>/README.md`` from every cell directory present in ``--out``."""
+def write_readme(args: argparse.Namespace, fresh: dict[str, str] | None = None) -> Path:
+    """Rebuild ``<out>/README.md`` from every cell directory present in ``--out``.
+
+    ``fresh`` holds the sections of cells this invocation has just reported (their reports are not rebuilt again).
+    """
     from diffrl.train.files import atomic_write_text
 
     sections = []
     for cell in CELLS.values():
         if (args.out / cell.name).is_dir():
-            sections.append(cell_report(cell, args))
+            sections.append((fresh or {}).get(cell.name) or cell_report(cell, args))
     lines = [
         "# diffrl CPU benchmark suite",
         "",
@@ -608,6 +621,7 @@ def main(argv: Sequence[str] | None = None, runner: Callable | None = None) -> i
 
     torch.set_num_threads(1)  # the suite process itself only loads datasets and bootstraps
     failed: list[str] = []
+    sections: dict[str, str] = {}  # README sections of the cells reported by this invocation
     command = " ".join(["python benchmarks/suite.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     for name in args.cells:
         cell = CELLS[name]
@@ -629,9 +643,10 @@ def main(argv: Sequence[str] | None = None, runner: Callable | None = None) -> i
                 if record is None and not args.dry_run:
                     failed.append(f"{name}/{run_name(method.name, seed)}")
         if not args.dry_run:
-            print(cell_report(cell, args), flush=True)
+            sections[name] = cell_report(cell, args)
+            print(sections[name], flush=True)
     if not args.dry_run:
-        path = write_readme(args)
+        path = write_readme(args, sections)
         print(f"written: {path} and <cell>/report.md in {args.out}")
     if failed:
         print(f"failed runs (logs in <cell>/logs): {', '.join(failed)}")
