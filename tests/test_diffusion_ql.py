@@ -404,7 +404,14 @@ def test_invalid_arguments_say_what_is_accepted():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [{}, {"max_q_backup": True, "q_normalization": "dataset"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"max_q_backup": True, "q_normalization": "dataset"},
+        {"action_approximation": "edp", "target_sampler": "ddim", "target_sampler_steps": 2},
+    ],
+)
 def test_compiled_terms_equal_the_eager_terms(options):
     """``torch.compile`` (recipes' ``compile: true``) captures each term whole and computes the same losses and
     gradients; inductor draws its random numbers like eager mode under ``fallback_random``."""
