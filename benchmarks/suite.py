@@ -267,8 +267,8 @@ _METHOD_EXTRA = {
 
 
 # ------------------------------------------------------------------------------------------------------- commands
-def recipe_argv(cell: Cell, method: Method, seed: int, budget: str) -> list[str]:
-    """The recipe's ``KEY=VALUE`` arguments for one run (without ``logger.dir`` / ``resume``).
+def recipe_argv(cell: Cell, method: Method, seed: int, budget: str, extra: Sequence[str] = ()) -> list[str]:
+    """The recipe's ``KEY=VALUE`` arguments for one run (without ``logger.dir`` / ``resume``); ``extra``: ``-o`` items.
 
     Example:
         >>> cell = CELLS["offline-pendulum"]
@@ -290,7 +290,29 @@ def recipe_argv(cell: Cell, method: Method, seed: int, budget: str) -> list[str]
     argv += list(method.overrides) + list(_METHOD_EXTRA.get((cell.name, method.name), ()))
     if budget == "tiny":
         argv += list(method.tiny)
-    return argv
+    return argv + overrides_for(method.name, extra)
+
+
+def overrides_for(method: str, raw: Sequence[str]) -> list[str]:
+    """The ``[METHOD:]KEY=VALUE`` items of ``raw`` that apply to ``method`` (unprefixed ones apply to every method).
+
+    Example:
+        >>> overrides_for("edis_iql", ["eval.episodes=20", "edis_iql:online.extra_updates=20", "iql:seed=1"])
+        ['eval.episodes=20', 'online.extra_updates=20']
+    """
+    out = []
+    for item in raw:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise ValueError(
+                f"override {item!r} is not KEY=VALUE or METHOD:KEY=VALUE (e.g. edis_iql:edis.num_samples=5000)"
+            )
+        prefix, colon, _ = key.partition(":")
+        if not colon:
+            out.append(item)
+        elif prefix == method:
+            out.append(item[len(prefix) + 1 :])
+    return out
 
 
 def run_name(method: str, seed: int) -> str:
@@ -314,7 +336,7 @@ def run_one(cell: Cell, method: Method, seed: int, args: argparse.Namespace) -> 
         if not args.dry_run:
             print(f"[skip] {cell.name}/{name}: finished earlier", flush=True)
         return json.loads(done.read_text())
-    argv = recipe_argv(cell, method, seed, args.budget)
+    argv = recipe_argv(cell, method, seed, args.budget, args.override)
     if run_dir.exists() and latest_checkpoint(run_dir) is not None:
         argv.append(f"resume={run_dir}")  # an interrupted run continues in its own directory
         what = "resume"
@@ -509,6 +531,8 @@ def reproduce_command(cell: Cell, seeds: Sequence[int], args: argparse.Namespace
     parts = ["python benchmarks/suite.py", "--cells", cell.name, "--seeds", *map(str, seeds)]
     if args.budget != "default":
         parts += ["--budget", args.budget]
+    override = _read_state(args.out / cell.name).get("override", args.override)  # the runs' own, on --report-only
+    parts += [f"-o {shlex.quote(item)}" for item in override]
     if args.out != _default_out(args.budget):
         parts += ["--out", os.path.relpath(args.out, ROOT) if args.out.is_relative_to(ROOT) else str(args.out)]
     return " ".join(parts)
@@ -599,11 +623,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="rebuild reports and README from finished runs")
     parser.add_argument("--build-datasets", action="store_true", help="build a missing registered dataset first")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished runs")
+    parser.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="[METHOD:]KEY=VALUE",
+        help="extra recipe override for every run, or for one method's runs with a METHOD: prefix (e.g. -o "
+        "edis_calql:edis.synthetic_fraction=0.2); repeatable. A study, not the suite: give it its own --out",
+    )
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the reports (default 2000)")
     args = parser.parse_args(argv)
     unknown = [c for c in args.cells if c not in CELLS]
     if unknown:
         parser.error(f"unknown cell(s) {', '.join(unknown)}; cells are {', '.join(CELLS)} (--list describes them)")
+    known = {m.name for c in args.cells for m in CELLS[c].methods}
+    for item in args.override:
+        key, sep, _ = item.partition("=")
+        prefix, colon, _ = key.partition(":")
+        if not sep or (colon and prefix not in known):
+            parser.error(
+                f"-o {item!r} is not KEY=VALUE or METHOD:KEY=VALUE with METHOD one of the selected cells' methods "
+                f"({', '.join(sorted(known))})"
+            )
     if len(args.seeds) != len(set(args.seeds)):
         parser.error(f"--seeds must be distinct, got {args.seeds}")
     args.out = (args.out or _default_out(args.budget)).resolve()
@@ -636,7 +678,7 @@ def main(argv: Sequence[str] | None = None, runner: Callable | None = None) -> i
         if args.dry_run:
             print(f"# {name}: {cell.budget if args.budget == 'default' else 'tiny budget'}")
         else:
-            _write_state(cell_dir, {"last_command": command, "machine": machine()})
+            _write_state(cell_dir, {"last_command": command, "override": args.override, "machine": machine()})
         for seed in args.seeds:  # seed-major: a partial cell has every method on its first seeds
             for method in cell.methods:
                 record = run_one(cell, method, seed, args)

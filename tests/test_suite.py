@@ -100,6 +100,17 @@ def test_offline_methods_are_the_brief_s_baselines(suite, tmp_path, capsys):
     assert len({_arg(cmd, "offline.steps") for cmd in by_run.values()}) == 1
 
 
+def test_overrides_reach_all_methods_or_one(suite, tmp_path, capsys):
+    argv = ["--dry-run", "--cells", "o2o-pendulum", "--seeds", "0", "--out", str(tmp_path)]
+    suite.main([*argv, "-o", "edis_calql:edis.synthetic_fraction=0.2", "-o", "online.utd_ratio=2"])
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("python recipes/")]
+    assert [_arg(cmd, "online.utd_ratio") for cmd in lines] == ["2"] * 4
+    assert [_arg(cmd, "edis.synthetic_fraction") for cmd in lines] == [None, "0.2", None, None]
+    with pytest.raises(SystemExit):
+        suite.main([*argv, "-o", "sac:online.steps=5"])  # sac is not a method of o2o-pendulum
+    assert "METHOD one of the selected cells' methods" in capsys.readouterr().err
+
+
 def test_every_command_is_a_valid_recipe_config(suite):
     from diffrl.train.config import load_config
 
