@@ -1,6 +1,6 @@
 """The CPU benchmark suite: every method of diffrl against its baseline, >= 5 seeds per cell, one command.
 
-    python benchmarks/suite.py                                  # every cell, seeds 0-4 (about 7 CPU-hours)
+    python benchmarks/suite.py                                  # every cell, seeds 0-4 (about 8 CPU-hours)
     python benchmarks/suite.py --list                           # the cells, their methods and estimated CPU cost
     nice -n 5 python benchmarks/suite.py --cells offline-pendulum --seeds 0 1 2 3 4
     python benchmarks/suite.py --cells o2o-pendulum --dry-run   # print the recipe commands, run nothing
@@ -23,8 +23,10 @@ Outputs (``--out``, default ``benchmarks/results/suite``; ``--budget tiny`` defa
   offline-to-online cells get one report per (pair, phase) in ``<cell>/<pair>_<phase>/`` and an index in report.md;
 * ``README.md``: one table per cell, its budget, the command that reproduces it and the machine.
 
-Datasets: a cell whose dataset is not built locally is skipped (reported with the reason) unless
-``--build-datasets`` (the generated MuJoCo datasets take CPU-hours to build; ``python -m diffrl.data make ID``).
+Datasets: the pendulum data is built on first use (seconds); a cell whose dataset is not built locally otherwise is
+skipped (reported with the reason) unless ``--build-datasets`` (the generated MuJoCo datasets take CPU-hours to build:
+``python -m diffrl.data make ID``). ``-o [METHOD:]KEY=VALUE`` adds recipe overrides for a study (give it its own
+``--out``: finished runs are skipped whatever their overrides).
 """
 
 from __future__ import annotations
@@ -486,7 +488,10 @@ def cell_report(cell: Cell, args: argparse.Namespace) -> str:
         + ", ".join(f"`{m.name}` = {m.label or m.name}" for m in cell.methods)
         + ".",
         "",
-        "Command: `" + reproduce_command(cell, seeds, args) + "`",
+        "Command: `"
+        + reproduce_command(cell, seeds, args)
+        + "`"
+        + (f" (last invocation: `{state['last_command']}`)" if state.get("last_command") else ""),
     ]
     row = dataset_row(cell.dataset) if cell.kind == "offline" and cell.dataset else None
     comparisons = cell.comparisons or (Comparison(cell.name, tuple(names), cell.base, None),)
