@@ -354,3 +354,49 @@ def test_user_errors_name_the_fix():
     loss = CalQLLoss(make_actor(), make_critic())
     with pytest.raises(KeyError, match="mc_return"):
         loss(make_batch().exclude("mc_return"))
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap of the single-network critic
+@pytest.mark.parametrize("critic_name", ["twin_q", "q"])
+@pytest.mark.parametrize("options", [{}, {"cql_max_target_backup": True, "backup_entropy": True, "cql_lagrange": True}])
+def test_forward_equals_the_separate_terms_with_fewer_network_calls(critic_name, options):
+    # forward shares the policy evaluations and the stacked critic call between the terms; with the same seed its
+    # values and gradients must equal those of actor_loss, qvalue_loss and cql_loss called one after the other.
+    dims = {"obs_dim": OBS, "action_dim": ACT}
+    torch.manual_seed(0)
+    actor = registry.build("actor", {"name": "tanh_normal", "hidden_sizes": [16]}, **dims)
+    critic = registry.build("critic", {"name": critic_name, "hidden_sizes": [16]}, **dims)
+    loss = CalQLLoss(actor, critic, cql_n_actions=3, **options)
+    loss.make_value_estimator(gamma=0.99)
+    batch = make_batch(mc_return=torch.randn(BATCH, 1))
+    calls = []
+    critic.register_forward_hook(lambda module, args, output: calls.append(output.get("state_action_value").shape))
+    actor_calls = []
+    actor.module[0].register_forward_hook(lambda module, args, output: actor_calls.append(1))
+
+    torch.manual_seed(1)
+    out = loss(batch.clone())
+    params = [p for p in loss.parameters() if p.requires_grad]
+    fused = torch.autograd.grad(sum(v for k, v in out.items() if k.startswith("loss_")), params, allow_unused=True)
+    assert len(actor_calls) == 2  # the policy at s and at s'
+    if critic_name == "twin_q":  # the actor's Q(s, a_pi), the target, one stacked call of 1 + 3 N actions per state
+        assert len(calls) == 3 and calls[-1] == torch.Size([BATCH, 1 + 3 * 3, 2])
+
+    torch.manual_seed(1)
+    loss_actor, actor_meta = loss.actor_loss(batch.clone())
+    loss_alpha, _ = loss.alpha_loss(actor_meta["_log_prob"], batch)
+    loss_qvalue, q_meta = loss.qvalue_loss(batch.clone())
+    loss_cql, cql_meta = loss.cql_loss(batch.clone())
+    terms = [loss_actor, loss_qvalue, loss_cql, loss_alpha]
+    separate = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, "loss_cql": loss_cql, "loss_alpha": loss_alpha}
+    if loss.cql_lagrange:
+        separate["loss_alpha_prime"], _ = loss.alpha_prime_loss(cql_meta["_diff_per_sample"], batch)
+        terms.append(separate["loss_alpha_prime"])
+    for key, value in {**separate, **q_meta, **cql_meta}.items():
+        if key in out.keys():
+            torch.testing.assert_close(out[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    grads = torch.autograd.grad(sum(terms), params, allow_unused=True)
+    for a, b in zip(fused, grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
