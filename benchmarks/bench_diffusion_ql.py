@@ -12,6 +12,8 @@ batch 256, state 17, action 6, T = 5, 3 x 256 Mish networks (actor noise net and
     python benchmarks/bench_diffusion_ql.py --compile --compile-mode max-autotune-no-cudagraphs   # (slower here)
     python benchmarks/bench_diffusion_ql.py --adam foreach      # Adam's multi-tensor path instead of the fused kernel
     python benchmarks/bench_diffusion_ql.py --profile           # where the time goes (torch profiler)
+    python benchmarks/bench_diffusion_ql.py --loss-option action_approximation=edp --loss-option precision=bf16
+                                                                # DiffusionQLLoss options (the fast departures)
 
 Prints the median updates/s over the repeats (and the range) with the load average, and the updates per CPU-second
 of this process (all its threads together). On a shared machine wall-clock numbers depend on the other processes;
@@ -68,7 +70,8 @@ def build(args: argparse.Namespace):
             in_features=args.obs + args.act, out_features=1, num_cells=[args.hidden] * 3, activation_class=torch.nn.Mish
         )
         critic = ValueOperator(net, ["observation", "action"])
-    loss = registry.build("loss", {"name": "diffusion_ql", "eta": 1.0}, actor_network=actor, qvalue_network=critic)
+    options = {"name": "diffusion_ql", "eta": 1.0, **args.loss_options}
+    loss = registry.build("loss", options, actor_network=actor, qvalue_network=critic)
     loss.make_value_estimator(gamma=0.99)
     actor_params = [p for p in loss.actor_network_params.values(True, True) if p.requires_grad]
     critic_params = [p for p in loss.qvalue_network_params.values(True, True) if p.requires_grad]
@@ -120,7 +123,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--loss-option", action="append", default=[], metavar="KEY=VALUE", help="DiffusionQLLoss keyword (repeatable)"
+    )
     args = parser.parse_args()
+    args.loss_options = {}
+    for item in args.loss_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--loss-option takes KEY=VALUE, got {item!r}")
+        args.loss_options[key] = int(value) if value.isdigit() else value
 
     warnings.filterwarnings("ignore", message="No target network updater")
     torch.set_num_threads(args.threads)
@@ -166,7 +178,7 @@ def main() -> None:
     print(
         f"diffusion_ql update (batch {args.batch}, state {args.obs}, action {args.act}, T={args.steps}, "
         f"3x{args.hidden}, critic {args.critic}, mish {args.mish}, compile {args.compile}, adam {args.adam}, "
-        f"threads {args.threads}): "
+        f"threads {args.threads}{', ' + str(args.loss_options) if args.loss_options else ''}): "
         f"{statistics.median(rates):.1f} updates/s (range {min(rates):.1f}-{max(rates):.1f}; load avg {load:.2f}); "
         f"{statistics.median(cpu_rates):.1f} updates per CPU-second"
     )
