@@ -172,7 +172,11 @@ def inference_timesteps(num_steps: int, num_inference_steps: int | None = None) 
         )
     if num_inference_steps == 1:
         return [num_steps - 1]
-    grid = torch.linspace(0, num_steps - 1, num_inference_steps, dtype=torch.float64).round().long().tolist()
+    # torch.linspace's float64 formula (start + i step in the first half, end - (K - 1 - i) step in the second) and
+    # round-half-to-even in plain Python: the same indices as before, and no tensor, so torch.compile sees constants.
+    end, count = float(num_steps - 1), num_inference_steps
+    step, half = end / (count - 1), count // 2
+    grid = (round(i * step if i < half else end - (count - 1 - i) * step) for i in range(count))
     return sorted(set(grid))
 
 
