@@ -75,7 +75,13 @@ def build(path: str):
 
 
 # Tracing Cal-QL's and IQL's forward takes ~30 s on a loaded 2-core machine: slow; QSM's critic term ~10 s.
-PATHS = [pytest.param("cal_ql", marks=pytest.mark.slow), pytest.param("iql", marks=pytest.mark.slow), "qsm"]
+# QSM's actor term: the score target's action gradient (torch.func.grad) inside the graph.
+PATHS = [
+    pytest.param("cal_ql", marks=pytest.mark.slow),
+    pytest.param("iql", marks=pytest.mark.slow),
+    "qsm",
+    pytest.param("qsm_actor", marks=pytest.mark.slow),
+]
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -108,11 +114,3 @@ def test_inductor_matches_eager(path):
         assert (compiled_grad is None) == (eager_grad is None)
         if eager_grad is not None:
             torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-3, atol=1e-5)
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(reason="QSM's score_target calls torch.autograd.grad, a graph break; torch.func.grad would trace")
-def test_qsm_actor_term_traces_as_one_graph():
-    torch._dynamo.reset()
-    _, fn = build("qsm_actor")
-    torch.compile(fn, backend="eager", fullgraph=True)(make_batch())
