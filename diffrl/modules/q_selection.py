@@ -54,7 +54,9 @@ class QSelectionActor(TensorDictModuleBase):
         inference_steps: the candidates' number of sampling steps (fewer than the actor's ``num_steps`` needs DDIM,
             the default then). Default None: the actor's.
         precision: ``"fp32"`` (default) or ``"bf16"``: the candidates are sampled under bf16 autocast (the critic
-            stays float32); only on hardware with native bf16 matrix units, elsewhere the constructor raises.
+            stays float32); only on hardware with native bf16 matrix units, elsewhere the constructor raises. At
+            50 candidates for one observation it was slower than float32 on an AMX CPU (benchmarks/README.md): the
+            products are too small to repay the casts.
 
     Example:
         >>> import torch
