@@ -40,6 +40,7 @@ def main(paths: list[str]) -> None:
         ax.plot(steps, [r["return_stochastic"] for r in records], "s--", label="stochastic eval (stop rule)")
         lo, hi = REFS[name]
         ax.axhspan(lo + 0.3 * (hi - lo), lo + 0.6 * (hi - lo), color="green", alpha=0.12, label="normalised 30-60")
+        ax.axhline(lo + 0.35 * (hi - lo), color="green", ls=":", lw=1, label="stop band starts (35)")
         if name == "Hopper":
             xs, ys = zip(*CLEANRL_HOPPER)
             ax.plot(xs, ys, "k*", markersize=11, label="CleanRL SAC (reference)")
