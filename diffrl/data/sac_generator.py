@@ -22,11 +22,14 @@ one training run:
 The whole build is deterministic given ``seed`` (torch, the env resets, warm-up actions and minibatches are seeded;
 evaluations draw from their own seeded random stream, so evaluating more or less often does not change training).
 
-CPU cost, measured on this project's machine (one torch thread, ``time.process_time``): one SAC update costs about
-22 ms and one policy step about 0.5 ms. Hopper-v5 reaches its medium band after about 40k-70k steps (15-30
-CPU-minutes); HalfCheetah-v5 and Walker2d-v5 need more (see ``benchmarks/results/sac_datasets/README.md`` for the
-measured curves and build times). Knobs a user can lower: ``train_steps`` (the cap; a policy stopped by the cap
-before reaching the band is weaker than "medium"), ``medium_steps`` (size of the ``medium`` data, about 0.5 ms per
+CPU cost, measured on this project's machine (one torch thread, ``time.process_time``): one SAC update costs
+21-25 ms and one policy step about 0.5 ms, so each 5k-step stretch of training costs about 2 CPU-minutes and the
+100k-step ``medium`` rollout about 1. Hopper-v5 (seed 0) sits on a stand-still plateau at 30k steps (10 CPU-minutes,
+normalised 32) and was still below 35 at 55k steps (20 CPU-minutes); CleanRL's published SAC curve reaches return
+~1000 (normalised ~31) near 65k. ``benchmarks/results/sac_datasets/README.md`` has the measured curves and build times.
+Knobs a user can lower: ``train_steps`` (the cap, default 300k = up to about 2 CPU-hours; a policy stopped by
+the cap before reaching the band is weaker than "medium"), ``stop_band`` (``(30, 60)`` accepts Hopper's stand-still
+policy after 10 CPU-minutes), ``medium_steps`` (size of the ``medium`` data, about 0.5 ms per
 step) and ``eval_episodes`` / ``eval_every``. Pass ``stop_band=None`` to train exactly ``train_steps`` steps.
 Reference scores: D4RL's MuJoCo constants for hopper, halfcheetah and walker2d (random and expert returns), so
 normalised scores read like D4RL's; other envs get none unless passed (and then train to the cap).
