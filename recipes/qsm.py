@@ -81,7 +81,6 @@ def main(cfg):
         store_keys=loss.in_keys,
         device=device,
         name="qsm",
-        progress_keys=["train/loss_qvalue", "train/loss_actor", "eval/return"],
     )
     result = trainer.run()
     run.close()

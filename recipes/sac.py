@@ -49,21 +49,13 @@ def main(cfg):
         env=env,
         eval_env=eval_env,
         checkpoint={"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}},
-        store_keys=[
-            "observation",
-            "action",
-            ("next", "observation"),
-            ("next", "reward"),
-            ("next", "done"),
-            ("next", "terminated"),
-        ],
-        device=device,
+        store_keys=loss.in_keys,  # what SACLoss reads: no collector bookkeeping in the replay buffer
         name="sac",
-        progress_keys=["train/loss_qvalue", "train/loss_actor", "eval/return"],
     )
-    result = trainer.run()
-    run.close()
-    return {**result, **run.logger.last}
+    try:
+        return {**trainer.run(), **run.logger.last}
+    finally:
+        run.close()
 
 
 if __name__ == "__main__":

@@ -125,40 +125,33 @@ def test_sigint_saves_the_current_step_and_resume_is_exact_mid_episode(tmp_path)
         assert torch.equal(torch.as_tensor(ref_metrics[key][1]), torch.as_tensor(metrics[key][1])), key
 
 
-def test_resume_from_a_periodic_checkpoint_mid_episode_is_exact(tmp_path):
-    reference, ref_actor = _trainer(_config(tmp_path / "ref"))
-    reference.run()
-    reference.record.close()
-    # The reference run wrote step 25 (checkpoint_every 25: 5 steps into the second episode); resume a copy of it.
+def _resume_matches_from_step_25(tmp_path, **options) -> None:
+    """Run to the end; resume a copy of the run from its step-25 checkpoint; the final weights must be identical."""
     import shutil
 
+    reference, ref_actor = _trainer(_config(tmp_path / "ref"), **options)
+    reference.run()
+    reference.record.close()
     shutil.copytree(tmp_path / "ref", tmp_path / "copy")
     for later in (tmp_path / "copy" / "checkpoints").glob("step_*.pt"):
         if not later.name.startswith("step_000000025"):
             later.unlink()
     # logger.dir as saved (a resume may not change it); the run continues in the directory of its checkpoint.
-    resumed, actor = _trainer(_config(tmp_path / "ref", resume=tmp_path / "copy"))
+    resumed, actor = _trainer(_config(tmp_path / "ref", resume=tmp_path / "copy"), **options)
     resumed.run()
     resumed.record.close()
     assert all(torch.equal(a, b) for a, b in zip(_weights(actor), _weights(ref_actor)))
+
+
+def test_resume_from_a_periodic_checkpoint_mid_episode_is_exact(tmp_path):
+    # checkpoint_every 25: step 25 is 5 steps into the second 20-step episode
+    _resume_matches_from_step_25(tmp_path)
 
 
 def test_a_periodic_hook_at_a_checkpoint_step_is_in_that_checkpoint(tmp_path):
     # The hook (every 25 online steps, e.g. an EDIS refit) and the checkpoint (every 25) fall on the same step: the
     # checkpoint must hold the hook's effect, or a run resumed from it skips the hook.
-    reference, ref_actor = _trainer(_config(tmp_path / "ref"), halve_every=25)
-    reference.run()
-    reference.record.close()
-    import shutil
-
-    shutil.copytree(tmp_path / "ref", tmp_path / "copy")
-    for later in (tmp_path / "copy" / "checkpoints").glob("step_*.pt"):
-        if not later.name.startswith("step_000000025"):
-            later.unlink()
-    resumed, actor = _trainer(_config(tmp_path / "ref", resume=tmp_path / "copy"), halve_every=25)
-    resumed.run()
-    resumed.record.close()
-    assert all(torch.equal(a, b) for a, b in zip(_weights(actor), _weights(ref_actor)))
+    _resume_matches_from_step_25(tmp_path, halve_every=25)
 
 
 def test_non_finite_loss_stops_the_run_naming_step_and_term_and_saves_nothing_after(tmp_path):
@@ -210,6 +203,23 @@ def _launch(recipe: str, args: list[str], cwd: Path) -> subprocess.Popen:
     )
 
 
+def _kill_at_random_after_new_checkpoints(proc: subprocess.Popen, run: Path, rng: random.Random) -> bool:
+    """SIGKILL ``proc`` at a random instant once 1-2 checkpoints newer than its start appeared; False if it ended."""
+    seen = {p.name for p in (run / "checkpoints").glob("step_*.pt")}
+    start, target = set(seen), rng.randint(1, 2)
+    while proc.poll() is None:
+        seen |= {p.name for p in (run / "checkpoints").glob("step_*.pt")}
+        if len(seen - start) >= target:
+            time.sleep(rng.uniform(0.0, 1.0))  # somewhere in the middle of the next updates or env steps
+            if proc.poll() is not None:
+                return False
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def _final_state(run_dir: Path) -> dict:
     last = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
     return torch.load(last, weights_only=False)["objects"]["loss"]
@@ -221,34 +231,19 @@ def test_sigkill_at_random_points_then_resume_matches_the_uninterrupted_run(reci
     args = [*KILL_CASES[recipe], "seed=3"]
     ref = tmp_path / "ref"
     proc = _launch(recipe, [*args, f"logger.dir={ref}"], tmp_path)
-    started = time.monotonic()
     assert proc.wait(timeout=1800) == 0, proc.stderr.read()[-2000:]
-    duration = time.monotonic() - started
     rng = random.Random(recipe)
     run = tmp_path / "run"
-    kills = 0
-    for attempt in range(3):  # up to 3 kills at random points of one run, then resume to the end
-        args_now = [*args, f"logger.dir={run}"] if attempt == 0 else [*args, f"resume={run}"]
+    kills, args_now = 0, [*args, f"logger.dir={run}"]
+    while True:  # kill at a random instant after 1-2 new checkpoints, up to 4 times; then resume to the end
         proc = _launch(recipe, args_now, tmp_path)
-        try:
-            proc.wait(timeout=rng.uniform(0.3, 0.9) * duration)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        if kills < 4 and _kill_at_random_after_new_checkpoints(proc, run, rng):
             kills += 1
-        if proc.returncode == 0:
-            break
-        if not (run / "checkpoints").is_dir():  # killed before the first checkpoint: start over
-            import shutil
-
-            shutil.rmtree(run, ignore_errors=True)
-            proc = _launch(recipe, [*args, f"logger.dir={run}"], tmp_path)
-            assert proc.wait(timeout=1800) == 0
-            break
-    if proc.returncode != 0:
-        proc = _launch(recipe, [*args, f"resume={run}"], tmp_path)
+            args_now = [*args, f"resume={run}"]
+            continue
         assert proc.wait(timeout=1800) == 0, proc.stderr.read()[-2000:]
-    assert kills >= 1
+        break
+    assert kills >= 2  # 5 recipes: at least 10 random kill points in all
     ref_state, state = _final_state(ref), _final_state(run)
     assert sorted(ref_state) == sorted(state)
     assert all(torch.equal(ref_state[k], state[k]) for k in ref_state if isinstance(ref_state[k], torch.Tensor))

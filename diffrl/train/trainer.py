@@ -248,7 +248,12 @@ class Trainer:
         checkpoint: Mapping[str, Any] | None = None,
         hooks: Iterable[Hook] = (),
         name: str = "train",
-        progress_keys: Iterable[str] | None = ("train/loss_qvalue", "eval/normalized_score"),
+        progress_keys: Iterable[str] | None = (
+            "train/loss_qvalue",
+            "train/loss_actor",
+            "eval/return",
+            "eval/normalized_score",
+        ),
         store_keys: Iterable[Any] | None = None,
         device: Any = None,
         verbose: bool = True,
@@ -284,7 +289,8 @@ class Trainer:
             device = device if device is not None else (sample.device or "cpu")
         else:
             self._store_keys = list(store_keys) if store_keys is not None else None
-            device = device if device is not None else "cpu"
+            first = next(iter(policy.parameters()), None) if hasattr(policy, "parameters") else None
+            device = device if device is not None else (first.device if first is not None else "cpu")
         self.device = torch.device(device)
         # With an env, the online buffer exists even before an online phase is asked for: a resume may add one.
         has_online = s.online_steps > 0 or env is not None

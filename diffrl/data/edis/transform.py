@@ -103,8 +103,11 @@ class EDISTransform(Transform):
         self.layout = TransitionLayout(obs_dim, action_dim, cfg.terminal_channel)
         dim = self.layout.dim
         self.normalizer = ZScoreNormalizer(dim).to(self._device)
-        self.register_buffer("action_low", torch.full((self.layout.action_dim,), -math.inf, device=self._device))
-        self.register_buffer("action_high", torch.full((self.layout.action_dim,), math.inf, device=self._device))
+        # No bounds until the first fit learns them from the data. The largest float, not infinity: a checkpoint holds
+        # only finite values, so that a damaged one (NaN, inf) is told apart from a good one.
+        unbounded = torch.finfo(torch.float32).max
+        self.register_buffer("action_low", torch.full((self.layout.action_dim,), -unbounded, device=self._device))
+        self.register_buffer("action_high", torch.full((self.layout.action_dim,), unbounded, device=self._device))
         # training state kept in buffers so that a state_dict (e.g. a recipe checkpoint) restores a usable transform
         self.register_buffer("num_fits", torch.zeros((), dtype=torch.long, device=self._device))
         self.register_buffer("trained_energies", torch.zeros(len(ENERGY_NAMES), dtype=torch.bool, device=self._device))
