@@ -33,13 +33,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny networks on a shared 2-core machine: one intra-op thread is several times faster than two
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
 
 
 def transitions(n, gen, obs_dim=1, state_mean=0.0, offset=0.0, reward_scale=1.0):

@@ -24,12 +24,7 @@ SMALL_DENOISER = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
 
 
 def transitions(n: int, gen: torch.Generator, state_mean: float) -> TensorDict:

@@ -10,14 +10,7 @@ import torch
 from diffrl.diffusion.edm import EDMDenoiser, churn_sigmas, edm_loss, heun_sample, karras_sigmas, precondition
 from diffrl.nn.denoisers import ResidualMLPDenoiser
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny networks on a shared 2-core machine: one intra-op thread is several times faster than two
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
 
 
 def gaussian_denoiser(mean: torch.Tensor, cov: torch.Tensor):
