@@ -311,6 +311,7 @@ class Trainer:
         # The online env's episode in progress, for an exact resume: the env generator's state before the episode's
         # reset, and its actions so far. ``None`` when it cannot be known (several episodes began in one batch).
         self._episode_rng: Any = None
+        self._rng_since_reset: Any = None  # the env generator's state since its latest reset (read only at resets)
         self._episode_actions: list[torch.Tensor] = []
         self._episode_exact = True
         self._resumed_episode: dict[str, Any] | None = None
@@ -434,9 +435,8 @@ class Trainer:
             iterator = iter(collector)
             while self.step < s.total_steps:
                 raise_if_interrupted()
-                rng_before = env_rng_state(self.env) if self.env is not None else None
                 data = next(iterator).reshape(-1)
-                self._follow_episode(data, rng_before)
+                self._follow_episode(data)
                 self._store(data)
                 before = self.step - s.offline_steps
                 if before + data.numel() > s.random_steps:
@@ -533,10 +533,11 @@ class Trainer:
             if online_done == 0:
                 # The uninterrupted run's first reset is the collector's own: redo it from the saved generator.
                 collector._carrier.update(self.env.reset(), inplace=True)
+        self._rng_since_reset = env_rng_state(self.env)
         set_rng_state(global_rng)
         return collector
 
-    def _follow_episode(self, data: TensorDictBase, rng_before: Any) -> None:
+    def _follow_episode(self, data: TensorDictBase) -> None:
         """Keep the actions of the episode in progress and the env generator's state before it began."""
         if self.env is None:
             return
@@ -545,11 +546,11 @@ class Trainer:
         if ends.numel() == 0:
             self._episode_actions.append(data.get("action").detach().cpu())
             return
-        # The env was reset right after the last end in this batch; before this batch, its generator was in the
-        # state that reset drew from, provided no other reset happened in the batch (steps draw nothing).
+        # The env was reset right after the last end in this batch. Steps draw nothing from its generator, so that
+        # reset drew from the state the previous reset left, provided no other reset happened in this batch.
         last = int(ends[-1])
         self._episode_exact = ends.numel() == 1
-        self._episode_rng = rng_before
+        self._episode_rng, self._rng_since_reset = self._rng_since_reset, env_rng_state(self.env)
         self._episode_actions = [data.get("action")[last + 1 :].detach().cpu()]
 
     def _episode_state(self) -> dict[str, Any]:
@@ -570,6 +571,7 @@ class Trainer:
             )
             set_env_rng_state(self.env, episode["now_rng"])
             collector._carrier.update(self.env.reset(), inplace=True)
+            self._episode_rng = episode["now_rng"]  # the fresh episode is known from here on
             return
         set_env_rng_state(self.env, episode["start_rng"])
         td = self.env.reset()
