@@ -156,24 +156,14 @@ class EDISHook(Hook):
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """The transform's models and the hook's counters (see the module docstring for what is not saved)."""
-        state = {"transform": self.edis.state_dict(), "regenerations": self.regenerations, "seconds": self.seconds}
-        pool, generator = getattr(self.edis, "_pool", None), getattr(self.edis, "_generator", None)
-        if pool is not None:
-            state["pool"] = pool
-        if generator is not None:
-            state["generator"] = generator.get_state()
-        return state
+        """The transform's state (models, pool, generator) and the hook's counters."""
+        return {"transform": self.edis.state_dict(), "regenerations": self.regenerations, "seconds": self.seconds}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved; the next :meth:`start` draws a pool from the restored models."""
+        """Restore what :meth:`state_dict` saved."""
         self.edis.load_state_dict(state["transform"])
         self.regenerations = int(state["regenerations"])
         self.seconds = float(state["seconds"])
-        if "pool" in state and hasattr(self.edis, "_pool"):
-            self.edis._pool = state["pool"]
-        if "generator" in state and getattr(self.edis, "_generator", None) is not None:
-            self.edis._generator.set_state(state["generator"])
 
 
 def edis_hook(cfg: Mapping[str, Any], policy: Any, *, obs_dim: int, action_dim: int, device: Any) -> EDISHook | None:

@@ -144,6 +144,15 @@ class EDISTransform(Transform):
         """The current synthetic pool (None before the first ``fit``)."""
         return self._pool
 
+    def get_extra_state(self) -> dict[str, Any]:
+        """The pool and the generator behind every random draw, kept in ``state_dict`` so that a restored transform
+        samples exactly the rows the saved one would have (a resumed run stays bit-identical)."""
+        return {"pool": self._pool, "generator": self._generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._pool = state["pool"]
+        self._generator.set_state(state["generator"])
+
     def manual_seed(self, seed: int) -> EDISTransform:
         """Reseed the generator behind every random draw of the transform (training batches, sampling, row picks)."""
         self._generator.manual_seed(int(seed))
