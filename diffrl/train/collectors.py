@@ -171,19 +171,24 @@ def make_collector(
     kwargs.setdefault("auto_register_policy_transforms", False)
     if backend == "direct":
         collector = Collector(env_fn, policy, init_random_frames=init_random_frames, **kwargs)
-    elif backend == "process":
-        # The parent process counts init_random_frames on the total collected and tells workers to act randomly.
+    else:
+        # Process workers act randomly while the parent's count of the total collected is under init_random_frames;
+        # RayCollector divides init_random_frames and total_frames among its remote collectors itself.
+        ray_options = {"backend_options": _ray_backend_options(opts, kwargs)} if backend == "ray" else {}
         collector = Collector(
             env_fn,
             policy,
-            backend="process",
+            backend=backend,
             num_collectors=workers,
             sync=bool(opts["sync"]),
             init_random_frames=init_random_frames,
             **kwargs,
+            **ray_options,
         )
-    else:
-        collector = _ray_collector(opts, env_fn, policy, init_random_frames, kwargs)
+        if ray_options:
+            # RayCollector's weight synchronisation starts lazily, at the first update: start it now so the workers act with the
+            # policy's current weights from the first batch on (and TorchRL does not warn about it).
+            collector.update_policy_weights_()
     if seed is not None:
         collector.set_seed(int(seed))
     return collector
@@ -209,10 +214,12 @@ def _resource_numbers(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ray_collector(
-    opts: dict[str, Any], env_fn: Callable, policy: Any, init_random_frames: int, kwargs: dict[str, Any]
-):
-    """TorchRL's ``RayCollector`` with one single-env ``Collector`` per remote worker."""
+def _ray_backend_options(opts: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``backend_options`` of TorchRL's ``RayCollector``: one single-env ``Collector`` per remote worker.
+
+    Moves ``auto_register_policy_transforms`` out of ``kwargs``: RayCollector does not take this flag itself, its
+    remote collectors do.
+    """
     try:
         import ray  # noqa: F401
     except ImportError as err:
@@ -221,31 +228,15 @@ def _ray_collector(
         ) from err
     from torchrl.collectors import Collector
 
-    workers = opts["num_workers"]
     ray_init = _resource_numbers(dict(_to_plain(opts["ray_init"]) or {}))
     ray_remote = _resource_numbers(dict(_to_plain(opts["ray_remote"]) or {}))
     options: dict[str, Any] = {"collector_class": Collector}
-    # RayCollector does not take this flag itself: its remote collectors do.
     options["collector_kwargs"] = {"auto_register_policy_transforms": kwargs.pop("auto_register_policy_transforms")}
     if ray_init:
         options["ray_init_config"] = ray_init
     if ray_remote:
         options["remote_configs"] = dict(ray_remote)
-    # RayCollector divides the total among its remote collectors itself.
-    collector = Collector(
-        env_fn,
-        policy,
-        backend="ray",
-        num_collectors=workers,
-        sync=bool(opts["sync"]),
-        init_random_frames=init_random_frames,
-        backend_options=options,
-        **kwargs,
-    )
-    # Its weight synchronisation starts lazily, at the first update: start it now so the workers act with the
-    # policy's current weights from the first batch on (and TorchRL does not warn about it).
-    collector.update_policy_weights_()
-    return collector
+    return options
 
 
 class EpisodeTracker:
