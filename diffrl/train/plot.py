@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,22 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     idx = np.arange(1, len(values) + 1)
     lo = np.maximum(0, idx - window)
     return (cumsum[idx] - cumsum[lo]) / (idx - lo)
+
+
+def _label_axes(ax: Any, xlabel: str, ylabel: str, *, legend: bool) -> None:
+    """The look every plot here shares: axis labels, a light grid and, when asked, a small legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize="small")
+
+
+def _save_png(fig: Any, out: Path) -> Path:
+    """Write ``fig`` to ``out`` as a 120-dpi PNG (creating its directory) and return ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, format="png")
+    return out
 
 
 def plot_runs(
@@ -103,16 +120,10 @@ def plot_runs(
             if metric in run:
                 steps, values = run[metric]
                 ax.plot(steps, _smooth(values, smooth), label=label, marker="o" if len(steps) < 20 else None)
-        ax.set_xlabel("step")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        if len(dirs) > 1:
-            ax.legend(fontsize="small")
+        _label_axes(ax, "step", metric, legend=len(dirs) > 1)
     if title:
         fig.suptitle(title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, format="png")
-    return out
+    return _save_png(fig, out)
 
 
 def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, metric: str | None = None) -> Path:
@@ -161,14 +172,9 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *
     switch = switch_step(run_dir)
     if switch is not None:
         ax.axvline(switch, color="k", linestyle="--", linewidth=1, label=f"offline -> online ({switch})")
-    ax.set_xlabel("step (offline updates, then env steps)" if switch is not None else "step")
-    ax.set_ylabel(metric)
+    _label_axes(ax, "step (offline updates, then env steps)" if switch is not None else "step", metric, legend=True)
     ax.set_title(run_dir.name)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, format="png")
-    return out
+    return _save_png(fig, out)
 
 
 def plot_aggregate(
@@ -208,16 +214,10 @@ def plot_aggregate(
         ax.fill_between(curve["steps"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2)
     for i, step in enumerate(switches):
         ax.axvline(step, color="k", linestyle="--", linewidth=1, label="offline -> online" if i == 0 else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if curves or switches:
-        ax.legend(fontsize="small")
+    _label_axes(ax, "step", ylabel, legend=bool(curves or switches))
     if title:
         ax.set_title(title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, format="png")
-    return out
+    return _save_png(fig, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
