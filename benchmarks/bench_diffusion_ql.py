@@ -145,19 +145,17 @@ def main() -> None:
         actor_loss = torch.compile(actor_loss, mode=args.compile_mode)
     clip = args.grad_norm > 0
 
+    def step(term, optimizer: torch.optim.Optimizer, params: list, batch: TensorDict) -> None:
+        value, _ = term(batch)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, args.grad_norm, foreach=True)
+        optimizer.step()
+
     def update(batch: TensorDict) -> None:
-        value, _ = qvalue_loss(batch)
-        optim_critic.zero_grad(set_to_none=True)
-        value.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(critic_params, args.grad_norm, foreach=True)
-        optim_critic.step()
-        value, _ = actor_loss(batch)
-        optim_actor.zero_grad(set_to_none=True)
-        value.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(actor_params, args.grad_norm, foreach=True)
-        optim_actor.step()
+        step(qvalue_loss, optim_critic, critic_params, batch)
+        step(actor_loss, optim_actor, actor_params, batch)  # against the critic just updated
         updater.step()
 
     batches = make_batches(args)

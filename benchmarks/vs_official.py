@@ -162,19 +162,17 @@ def diffrl_update(
         qvalue_loss = torch.compile(qvalue_loss, mode=compile_mode)
         actor_loss = torch.compile(actor_loss, mode=compile_mode)
 
+    def step(term, optimizer: torch.optim.Optimizer, params: list, batch: TensorDict) -> None:
+        value, _ = term(batch)
+        optimizer.zero_grad()
+        value.backward()
+        if grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_norm)
+        optimizer.step()
+
     def update(batch: TensorDict) -> None:
-        value, _ = qvalue_loss(batch)
-        optim_critic.zero_grad()
-        value.backward()
-        if grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(critic_params, grad_norm)
-        optim_critic.step()
-        value, _ = actor_loss(batch)
-        optim_actor.zero_grad()
-        value.backward()
-        if grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(actor_params, grad_norm)
-        optim_actor.step()
+        step(qvalue_loss, optim_critic, critic_params, batch)
+        step(actor_loss, optim_actor, actor_params, batch)  # against the critic just updated
         updater.step()
 
     return update, actor, critic, loss
