@@ -149,27 +149,42 @@ def _offline_tiny(method: Method) -> tuple[str, ...]:
     return _OFFLINE_TINY if method.recipe == "diffusion_ql" else _OFFLINE_TINY[:3]
 
 
+def _offline_cell(
+    name: str, *, steps: int, budget: str, tiny: tuple[str, ...], cpu_minutes_per_seed: float, dataset: str
+) -> Cell:
+    """Diffusion-QL, diffusion BC (the base) and Gaussian BC on ``dataset``: ``steps`` updates, evaluation every 1000
+    over 10 episodes."""
+    return Cell(
+        name,
+        "offline",
+        _offline_methods(),
+        base="diffusion_bc",
+        budget=budget,
+        shared=lambda: [f"offline.steps={steps}", "eval.every=1000", "eval.episodes=10"],
+        tiny=tiny,
+        cpu_minutes_per_seed=cpu_minutes_per_seed,
+        dataset=dataset,
+    )
+
+
+_ONLINE_METHODS = (Method("qsm", "qsm", label="QSM"), Method("sac", "sac", label="SAC (TorchRL SACLoss)"))
+_ONLINE_TINY = ("online.steps=60", "online.random_steps=20", "online.batch_size=16", "eval.every=20", "eval.episodes=1")
+
 CELLS: dict[str, Cell] = {
     c.name: c
     for c in (
-        Cell(
+        _offline_cell(
             "offline-pendulum",
-            "offline",
-            _offline_methods(),
-            base="diffusion_bc",
+            steps=4000,
             budget="4000 updates (diffusion_ql.yaml's default; Gaussian BC too), evaluation every 1000, 10 episodes",
-            shared=lambda: ["offline.steps=4000", "eval.every=1000", "eval.episodes=10"],
             tiny=(),
             cpu_minutes_per_seed=6.0,  # measured: 100 / 109 / 102 CPU-s (DQL / diffusion BC / Gaussian BC), seed 0
             dataset=PENDULUM,
         ),
-        Cell(
+        _offline_cell(
             "offline-hopper",
-            "offline",
-            _offline_methods(),
-            base="diffusion_bc",
+            steps=5000,
             budget="5000 updates at the recipes' CPU network sizes, evaluation every 1000, 10 episodes",
-            shared=lambda: ["offline.steps=5000", "eval.every=1000", "eval.episodes=10"],
             tiny=("env.max_episode_steps=50",),
             cpu_minutes_per_seed=12.0,  # pendulum's per-update cost x 5/4, plus longer (up to 1000-step) evaluations
             dataset=HOPPER_MEDIUM,
@@ -177,24 +192,18 @@ CELLS: dict[str, Cell] = {
         Cell(
             "online-pendulum",
             "online",
-            (Method("qsm", "qsm", label="QSM"), Method("sac", "sac", label="SAC (TorchRL SACLoss)")),
+            _ONLINE_METHODS,
             base="sac",
             budget="6000 env steps, 1000 random (both recipes' defaults), evaluation every 1000, 10 episodes",
             shared=lambda: ["online.steps=6000", "online.random_steps=1000", "eval.every=1000", "eval.episodes=10"],
-            tiny=(
-                "online.steps=60",
-                "online.random_steps=20",
-                "online.batch_size=16",
-                "eval.every=20",
-                "eval.episodes=1",
-            ),
+            tiny=_ONLINE_TINY,
             cpu_minutes_per_seed=8.0,
             env="Pendulum-v1",
         ),
         Cell(
             "online-hopper",
             "online",
-            (Method("qsm", "qsm", label="QSM"), Method("sac", "sac", label="SAC (TorchRL SACLoss)")),
+            _ONLINE_METHODS,
             base="sac",
             budget="Hopper-v5, 20000 env steps, 5000 random, evaluation every 4000, 10 episodes; recipes' network "
             "sizes (2 x 256)",
@@ -205,15 +214,7 @@ CELLS: dict[str, Cell] = {
                 "eval.every=4000",
                 "eval.episodes=10",
             ],
-            tiny=(
-                "env.name=Hopper-v5",
-                "env.max_episode_steps=50",
-                "online.steps=60",
-                "online.random_steps=20",
-                "online.batch_size=16",
-                "eval.every=20",
-                "eval.episodes=1",
-            ),
+            tiny=("env.name=Hopper-v5", "env.max_episode_steps=50", *_ONLINE_TINY),
             cpu_minutes_per_seed=25.0,
             env="Hopper-v5",
         ),
