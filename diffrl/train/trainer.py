@@ -385,7 +385,8 @@ class Trainer:
             refs = {"ref_min_score": self.offline_rb.ref_min_score, "ref_max_score": self.offline_rb.ref_max_score}
         s = self.settings
         out = evaluate(self.eval_env, self.eval_policy, s.eval_episodes, exploration=s.eval_exploration, **refs)
-        self.record.log(out, self.step)
+        # CPU time beside every evaluation: a phase's cost (and a hook's share of it) is read from the run directory
+        self.record.log({**out, "train/cpu_seconds": self._cpu_total()}, self.step)
         self._metrics.update(out)
         return out
 
