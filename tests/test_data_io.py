@@ -186,6 +186,32 @@ def test_make_dataset_writes_a_minari_dataset_with_metadata():
     assert rb.env_id == "Pendulum-v1"
 
 
+def test_make_dataset_passes_write_episodes_metadata_on_and_rejects_unknown_keywords_before_rolling_out():
+    ds = make_dataset(
+        "Pendulum-v1",
+        "random",
+        "test/pendulum/meta-v0",
+        num_steps=5,
+        author="someone",
+        author_email="a@b.c",
+        code_permalink="https://example.org/code",
+        requirements=["gymnasium"],
+        extra_metadata={"note": "kept"},
+    )
+    meta = ds.storage.metadata
+    assert (meta["author"], meta["author_email"], meta["code_permalink"]) == (
+        {"someone"},
+        {"a@b.c"},
+        "https://example.org/code",
+    )
+    assert (meta["requirements"], meta["note"], meta["algorithm_name"]) == (["gymnasium"], "kept", "random")
+    calls = []
+    for bad in ({"ref_min": 0.0}, {"observation_space": ACT_SPACE}):
+        with pytest.raises(TypeError, match=f"unexpected keyword.*{next(iter(bad))}.*ref_min_score"):
+            make_dataset("Pendulum-v1", lambda obs: calls.append(obs), "test/pendulum/typo-v0", num_steps=5, **bad)
+    assert calls == [] and "test/pendulum/typo-v0" not in local_dataset_ids()
+
+
 def test_make_dataset_accepts_torchrl_modules():
     from tensordict.nn import TensorDictModule
 

@@ -23,6 +23,19 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
+# the `make` flags whose destinations are make_dataset keywords, passed on unchanged
+_MAKE_DATASET_FLAGS = (
+    "num_steps",
+    "num_episodes",
+    "max_episode_steps",
+    "ref_min_score",
+    "ref_max_score",
+    "algorithm_name",
+    "author",
+    "description",
+    "overwrite",
+)
+
 
 def _load_policy(spec: str):
     if spec == "random":
@@ -60,21 +73,9 @@ def _make(args: argparse.Namespace) -> int:
         for flag, value in (("--num-steps", args.num_steps), ("--num-episodes", args.num_episodes)):
             if value is not None and value <= 0:
                 raise ValueError(f"{flag} must be a positive number of {flag[6:]} to record, got {value}.")
+        options = {name: getattr(args, name) for name in _MAKE_DATASET_FLAGS}
         dataset = make_dataset(
-            args.env,
-            _load_policy(args.policy),
-            args.dataset_id,
-            num_steps=args.num_steps,
-            num_episodes=args.num_episodes,
-            seed=args.seed or 0,
-            max_episode_steps=args.max_episode_steps,
-            ref_min_score=args.ref_min,
-            ref_max_score=args.ref_max,
-            algorithm_name=args.algorithm_name,
-            author=args.author,
-            description=args.description,
-            overwrite=args.overwrite,
-            progress=True,
+            args.env, _load_policy(args.policy), args.dataset_id, seed=args.seed or 0, progress=True, **options
         )
     print(f"{args.dataset_id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps")
     return 0
@@ -167,8 +168,12 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--num-episodes", type=int)
     make.add_argument("--seed", type=int)
     make.add_argument("--max-episode-steps", type=int)
-    make.add_argument("--ref-min", type=float, help="reference return of a random policy")
-    make.add_argument("--ref-max", type=float, help="reference return of an expert policy")
+    make.add_argument(
+        "--ref-min", type=float, dest="ref_min_score", metavar="REF_MIN", help="reference return of a random policy"
+    )
+    make.add_argument(
+        "--ref-max", type=float, dest="ref_max_score", metavar="REF_MAX", help="reference return of an expert policy"
+    )
     make.add_argument("--algorithm-name")
     make.add_argument("--author", default="diffrl")
     make.add_argument("--description")

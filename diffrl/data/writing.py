@@ -10,6 +10,7 @@ all, whatever interrupts the build (an exception in the policy, Ctrl-C).
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import uuid
@@ -32,6 +33,16 @@ __all__ = [
 ]
 
 STAGING_DIR = ".diffrl-staging"  # hidden: Minari skips dot-directories when it lists datasets
+# write_episodes' parameters that make_dataset fills itself; it passes the others on from its **metadata
+_SET_BY_MAKE_DATASET = (
+    "dataset_id",
+    "episodes",
+    "observation_space",
+    "action_space",
+    "env_spec",
+    "algorithm_name",
+    "overwrite",
+)
 
 
 def as_numpy_policy(policy: Any, env: gym.Env, *, deterministic: bool = False, seed: int | None = None):
@@ -286,6 +297,17 @@ def write_episodes(
     return minari.MinariDataset(final / "data")
 
 
+def _check_metadata_keywords(metadata: dict[str, Any]) -> None:
+    """Reject, before a long rollout, the keywords :func:`make_dataset` cannot pass on to :func:`write_episodes`."""
+    accepted = [name for name in inspect.signature(write_episodes).parameters if name not in _SET_BY_MAKE_DATASET]
+    unknown = sorted(set(metadata) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"make_dataset got unexpected keyword(s) {unknown}; besides its own it accepts write_episodes' metadata "
+            f"keywords {accepted}. Fix the name(s) or drop them."
+        )
+
+
 def make_dataset(
     env: str | gym.Env,
     policy: Any,
@@ -297,16 +319,10 @@ def make_dataset(
     max_episode_steps: int | None = None,
     env_kwargs: dict | None = None,
     deterministic: bool = False,
-    ref_min_score: float | None = None,
-    ref_max_score: float | None = None,
     algorithm_name: str | None = None,
-    author: str | None = "diffrl",
-    author_email: str | None = None,
-    code_permalink: str | None = None,
-    description: str | None = None,
-    extra_metadata: dict | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    **metadata: Any,
 ):
     """Roll out ``policy`` in a gymnasium env and write the episodes as a Minari (HDF5) dataset.
 
@@ -322,11 +338,14 @@ def make_dataset(
         num_episodes: number of whole episodes to record.
         seed: episode ``i`` is reset with ``seed + i``; the random policy is seeded with ``seed``.
         deterministic: sample TorchRL modules in DETERMINISTIC exploration mode (default: RANDOM).
-        ref_min_score, ref_max_score: reference returns for normalised scores (both or neither).
-        algorithm_name, author, author_email, code_permalink, description: Minari metadata.
-        extra_metadata: more JSON-serialisable metadata.
+        algorithm_name: Minari metadata; defaults to ``policy`` when that is a name ("random").
         overwrite: replace an existing dataset with the same id.
         progress: show a progress bar.
+        **metadata: the rest of :func:`write_episodes`' metadata, passed on: ``ref_min_score`` and ``ref_max_score``
+            (reference returns for normalised scores, both or neither), ``author`` (default "diffrl"),
+            ``author_email``, ``code_permalink``, ``description``, ``requirements``, ``eval_env_spec`` and
+            ``extra_metadata`` (more JSON-serialisable metadata). Checked before the rollout: any other keyword is a
+            ``TypeError``.
 
     Returns:
         The written ``minari.MinariDataset``.
@@ -342,6 +361,7 @@ def make_dataset(
         (250, 2, -150.0, ['demo/pendulum/random-v0'])
     """
     check_dataset_id(dataset_id)
+    _check_metadata_keywords(metadata)
     if isinstance(env, str):
         env = gym.make(env, max_episode_steps=max_episode_steps, **(env_kwargs or {}))
     elif not isinstance(env, gym.Env):
@@ -362,13 +382,7 @@ def make_dataset(
         observation_space=env.observation_space,
         action_space=env.action_space,
         env_spec=env.spec,
-        ref_min_score=ref_min_score,
-        ref_max_score=ref_max_score,
         algorithm_name=algorithm_name,
-        author=author,
-        author_email=author_email,
-        code_permalink=code_permalink,
-        description=description,
-        extra_metadata=extra_metadata,
         overwrite=overwrite,
+        **metadata,
     )
