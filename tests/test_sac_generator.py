@@ -119,9 +119,55 @@ def test_hopper_medium_at_the_real_budget_is_medium(tmp_path):
     assert (ref_min, ref_max) == (-20.272305, 3234.3)
     with datasets_path_override(str(tmp_path)):
         out = sac_generator.build_sac_datasets("Hopper-v5", "test/hopper", seed=0, progress=False)
-        scores = [
-            100.0 * (float(np.sum(e.rewards)) - ref_min) / (ref_max - ref_min)
-            for e in out["medium"].iterate_episodes()
-            if e.terminations[-1] or len(e.rewards) >= 1000  # complete episodes
-        ]
+        scores = 100.0 * (sac_generator.complete_episode_returns(out["medium"]) - ref_min) / (ref_max - ref_min)
     assert 30.0 <= float(np.mean(scores)) <= 60.0
+
+
+def test_sac_settings_reach_make_sac_and_a_misspelt_one_fails_before_anything_is_built(tmp_path, monkeypatch):
+    seen = []
+
+    def stop_after_make_sac(env, train_steps, warmup_steps, batch_size, sac_options, *rest):
+        seen.append(sac_generator.make_sac(env, **sac_options)[1])
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(sac_generator, "_train_sac", stop_after_make_sac)
+    with datasets_path_override(str(tmp_path)):
+        with pytest.raises(RuntimeError, match="stop"):
+            sac_generator.build_sac_datasets("Pendulum-v1", "test/opts", hidden_sizes=(7,), gamma=0.5, tau=0.25)
+        loss = seen[0]
+        assert float(loss.value_estimator.gamma) == 0.5  # hidden 7, Pendulum's 3 + 1 inputs, 2 critics
+        assert loss.qvalue_network_params["module", "0", "weight"].shape == (2, 7, 4)
+        with pytest.raises(TypeError, match="hiden_sizes.*'hidden_sizes'"):
+            sac_generator.build_sac_datasets("Pendulum-v1", "test/opts", hiden_sizes=(7,))
+        assert len(seen) == 1 and not list(tmp_path.iterdir())
+
+
+def _episode(rewards, terminated):
+    n = len(rewards)
+    ends = np.zeros(n, dtype=bool)
+    if terminated:
+        ends[-1] = True
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    return EpisodeBuffer(
+        observations=np.zeros((n + 1, 1), np.float32),
+        actions=np.zeros((n, 1), np.float32),
+        rewards=np.asarray(rewards, dtype=np.float64),
+        terminations=ends,
+        truncations=~ends & (np.arange(n) == n - 1),
+    )
+
+
+def test_complete_episode_returns_keeps_terminated_and_full_length_episodes_only(tmp_path):
+    from diffrl.data.writing import write_episodes
+
+    space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    spec = gym.spec("Pendulum-v1")  # max_episode_steps 200
+    episodes = [_episode([1.0, 2.0], True), _episode([0.5] * 200, False), _episode([9.0] * 3, False)]
+    with datasets_path_override(str(tmp_path)):
+        ds = write_episodes("test/complete-v0", episodes, observation_space=space, action_space=space, env_spec=spec)
+        no_spec = write_episodes("test/nospec-v0", episodes, observation_space=space, action_space=space)
+    np.testing.assert_array_equal(sac_generator.complete_episode_returns(ds), [3.0, 100.0])
+    np.testing.assert_array_equal(sac_generator.complete_episode_returns(ds, time_limit=3), [3.0, 100.0, 27.0])
+    with pytest.raises(ValueError, match="pass time_limit"):
+        sac_generator.complete_episode_returns(no_spec)

@@ -37,6 +37,7 @@ normalised scores read like D4RL's; other envs get none unless passed (and then 
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -50,7 +51,7 @@ from minari.data_collector.episode_buffer import EpisodeBuffer
 from diffrl.data.paths import dataset_dir
 from diffrl.data.writing import as_numpy_policy, rollout_episodes, write_episodes
 
-__all__ = ["build_sac_datasets", "D4RL_REFERENCE_SCORES", "band_stop_rule", "make_sac"]
+__all__ = ["build_sac_datasets", "D4RL_REFERENCE_SCORES", "band_stop_rule", "complete_episode_returns", "make_sac"]
 
 # D4RL's (random, expert) reference returns for the MuJoCo locomotion tasks.
 D4RL_REFERENCE_SCORES = {
@@ -170,12 +171,6 @@ def build_sac_datasets(
     eval_every: int = 5_000,
     eval_episodes: int = 5,
     batch_size: int = 256,
-    hidden_sizes: tuple[int, ...] = (256, 256),
-    actor_lr: float = 3e-4,
-    critic_lr: float = 1e-3,
-    alpha_lr: float = 1e-3,
-    gamma: float = 0.99,
-    tau: float = 0.005,
     seed: int = 0,
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
@@ -183,6 +178,7 @@ def build_sac_datasets(
     progress: bool = True,
     num_threads: int | None = 1,
     on_evaluation: Callable[[dict], None] | None = None,
+    **sac_options: Any,
 ) -> dict[str, Any]:
     """Train TorchRL's SAC on ``env_id`` until it is "medium"; write ``<namespace>/medium-v<version>`` and ``-replay``.
 
@@ -201,8 +197,7 @@ def build_sac_datasets(
             plateau (1000 steps of alive bonus, return about 1030 = normalised 32, which a 30-60 band accepts).
             ``None``: train exactly ``train_steps`` steps.
         eval_every, eval_episodes: evaluation period (env steps) and episodes per evaluation mode. Default 5k, 5.
-        batch_size, hidden_sizes, actor_lr, critic_lr, alpha_lr, gamma, tau: SAC settings (defaults 256, (256, 256),
-            3e-4, 1e-3, 1e-3, 0.99, 0.005).
+        batch_size: SAC minibatch size. Default 256.
         seed: seeds torch, the env resets, the warm-up actions, the minibatches and the evaluations.
         ref_min_score, ref_max_score: reference returns; default D4RL's for Hopper / HalfCheetah / Walker2d.
         overwrite: rebuild datasets that exist. progress: show a progress bar.
@@ -210,6 +205,9 @@ def build_sac_datasets(
             256 run fastest single-threaded, and several times faster than with 2 threads on a busy 2-core machine.
         on_evaluation: called with each evaluation record (``step``, ``return_stochastic``, ``return_deterministic``,
             their normalised scores when references exist, ``cpu_seconds``).
+        **sac_options: :func:`make_sac`'s settings, passed on: ``hidden_sizes``, ``actor_lr``, ``critic_lr``,
+            ``alpha_lr``, ``gamma``, ``tau`` (defaults (256, 256), 3e-4, 1e-3, 1e-3, 0.99, 0.005). Any other keyword is
+            a ``TypeError``, raised before anything is built.
 
     Returns:
         ``{"medium": MinariDataset, "medium-replay": MinariDataset}``; both datasets' metadata hold the evaluations
@@ -226,6 +224,13 @@ def build_sac_datasets(
     """
     import minari
 
+    try:  # a misspelt setting fails now, not after the warm-up
+        inspect.signature(make_sac).bind(None, **sac_options)
+    except TypeError as err:
+        raise TypeError(
+            f"build_sac_datasets: {err} (received {sorted(sac_options)}); besides its own keywords it accepts "
+            f"make_sac's settings {list(inspect.signature(make_sac).parameters)[1:]}. Fix or drop the name."
+        ) from None
     ids = {kind: f"{namespace}/{kind}-v{version}" for kind in ("medium", "medium-replay")}
     existing = {kind: (dataset_dir(i) / "data").is_dir() and not overwrite for kind, i in ids.items()}
     if all(existing.values()):
@@ -235,9 +240,6 @@ def build_sac_datasets(
     if ref_min_score is None and ref_max_score is None:
         ref_min_score, ref_max_score = D4RL_REFERENCE_SCORES.get(env_id.split("-v")[0], (None, None))
     rule = band_stop_rule(stop_band, ref_min_score, ref_max_score)
-    sac_options = dict(
-        hidden_sizes=hidden_sizes, actor_lr=actor_lr, critic_lr=critic_lr, alpha_lr=alpha_lr, gamma=gamma, tau=tau
-    )
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
@@ -302,6 +304,44 @@ def build_sac_datasets(
             **common,
         )
     return {kind: out.get(kind) or minari.MinariDataset(dataset_dir(i) / "data") for kind, i in ids.items()}
+
+
+def complete_episode_returns(dataset: Any, time_limit: int | None = None) -> np.ndarray:
+    """Undiscounted returns (float64, in episode order) of a Minari dataset's complete episodes.
+
+    Complete: terminated, or ``time_limit`` steps long. An episode cut short by a step budget (the last one of a
+    ``medium`` dataset, marked truncated) is left out, so that statistics of the data describe whole episodes.
+
+    Args:
+        dataset: a ``minari.MinariDataset``.
+        time_limit: the episode length that counts as complete; default the ``max_episode_steps`` of the env spec the
+            dataset records.
+
+    Example:
+        >>> import tempfile
+        >>> from diffrl.data import make_dataset
+        >>> from diffrl.data.paths import datasets_path_override
+        >>> with datasets_path_override(tempfile.mkdtemp()):  # Pendulum-v1 episodes last 200 steps
+        ...     ds = make_dataset("Pendulum-v1", "random", "demo/pendulum/random-v0", num_steps=450)
+        ...     lengths = [len(e.rewards) for e in ds.iterate_episodes()]
+        ...     returns = complete_episode_returns(ds)
+        >>> lengths, returns.shape, bool((returns < 0).all())
+        ([200, 200, 50], (2,), True)
+    """
+    if time_limit is None:
+        spec = dataset.env_spec
+        time_limit = spec.max_episode_steps if spec is not None else None
+        if time_limit is None:
+            raise ValueError(
+                f"dataset {dataset.id!r} records no time limit (env_spec.max_episode_steps), so "
+                "complete episodes cannot be told from cut ones; pass time_limit=<episode length>."
+            )
+    returns = [
+        float(np.sum(ep.rewards))
+        for ep in dataset.iterate_episodes()
+        if bool(ep.terminations[-1]) or len(ep.rewards) >= time_limit
+    ]
+    return np.asarray(returns, dtype=np.float64)
 
 
 def _make_evaluator(env_id, episodes, seed, ref_min, ref_max):

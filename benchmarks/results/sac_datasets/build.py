@@ -21,21 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from diffrl.data.paths import dataset_dir
-from diffrl.data.sac_generator import D4RL_REFERENCE_SCORES, build_sac_datasets
+from diffrl.data.sac_generator import D4RL_REFERENCE_SCORES, build_sac_datasets, complete_episode_returns
 
 TASKS = {"hopper": "Hopper", "halfcheetah": "HalfCheetah", "walker2d": "Walker2d"}
 
 
 def dataset_summary(dataset, ref_min: float, ref_max: float) -> dict:
     """Normalised return mean +- std over complete episodes (the one cut by the step budget is left out)."""
-    returns, cut = [], 0
-    for ep in dataset.iterate_episodes():
-        natural_end = bool(ep.terminations[-1]) or len(ep.rewards) >= 1000  # terminated or the env's time limit
-        if natural_end:
-            returns.append(float(np.sum(ep.rewards)))
-        else:
-            cut += 1
-    scores = 100.0 * (np.asarray(returns) - ref_min) / (ref_max - ref_min)
+    returns = complete_episode_returns(dataset)  # terminated or at the env's time limit (1000 steps)
+    scores = 100.0 * (returns - ref_min) / (ref_max - ref_min)
     return {
         "transitions": int(dataset.total_steps),
         "episodes": int(dataset.total_episodes),
