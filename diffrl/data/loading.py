@@ -26,7 +26,6 @@ from diffrl.data.reading import (
     DatasetCorruptedError,
     DatasetNotFoundError,
     DatasetValueError,
-    RawDataset,
     check_dataset_values,
     read_dataset,
 )
@@ -292,41 +291,6 @@ def load_dataset(
     check_dataset_id(dataset_id)
     raw = read_dataset(dataset_id, _find(dataset_id, build=build, download=download), cache=cache)
     raw = check_dataset_values(raw, drop_nonfinite_episodes=drop_nonfinite_episodes, max_abs_value=max_abs_value)
-    return _buffer_from_raw(
-        raw,
-        batch_size=batch_size,
-        device=device,
-        gamma=gamma,
-        sparse_reward=sparse_reward,
-        fail_reward=fail_reward,
-        reward_scale=reward_scale,
-        reward_bias=reward_bias,
-        normalize_reward=normalize_reward,
-        reward_range_steps=reward_range_steps,
-        normalize_obs=normalize_obs,
-        obs_std_eps=obs_std_eps,
-        sampler=sampler,
-        transform=transform,
-        prefetch=prefetch,
-        seed=seed,
-    )
-
-
-def _buffer_from_raw(
-    raw: RawDataset,
-    *,
-    gamma: float = 0.99,
-    sparse_reward: bool = False,
-    fail_reward: float = 0.0,
-    reward_scale: float = 1.0,
-    reward_bias: float = 0.0,
-    normalize_reward: bool = False,
-    reward_range_steps: int = 1000,
-    normalize_obs: bool = False,
-    obs_std_eps: float = 1e-3,
-    **buffer_kwargs: Any,
-) -> OfflineReplayBuffer:
-    """Apply :func:`load_dataset`'s processing (steps 1-3) to a :class:`RawDataset` and wrap it in a buffer."""
     transitions = raw.transitions
     returns = episode_returns(raw.rewards, raw.episode_lengths)
     reward_transform = make_reward_transform(
@@ -368,5 +332,10 @@ def _buffer_from_raw(
         episode_lengths=raw.episode_lengths,
         episode_returns=returns,
         metadata=metadata,
-        **buffer_kwargs,
+        batch_size=batch_size,
+        device=device,
+        sampler=sampler,
+        transform=transform,
+        prefetch=prefetch,
+        seed=seed,
     )
