@@ -8,8 +8,11 @@ than re-run it.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
+from conftest import transition_batch
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, ValueOperator
@@ -53,31 +56,7 @@ def make_loss(kind: str = "single", **kwargs) -> DiffusionQLLoss:
     return loss
 
 
-def make_batch(*batch: int, keys: dict | None = None) -> TensorDict:
-    """A batch with both terminated and truncated-but-not-terminated transitions (the latter must bootstrap)."""
-    keys = {
-        "observation": "observation",
-        "action": "action",
-        "reward": "reward",
-        "done": "done",
-        "terminated": "terminated",
-        **(keys or {}),
-    }
-    terminated = torch.rand(*batch, 1) < 0.3
-    truncated = (torch.rand(*batch, 1) < 0.3) & ~terminated
-    return TensorDict(
-        {
-            keys["observation"]: torch.randn(*batch, OBS),
-            keys["action"]: torch.rand(*batch, ACT) * 2 - 1,
-            "next": {
-                keys["observation"]: torch.randn(*batch, OBS),
-                keys["reward"]: torch.randn(*batch, 1),
-                keys["done"]: terminated | truncated,
-                keys["terminated"]: terminated,
-            },
-        },
-        batch_size=list(batch),
-    )
+make_batch = functools.partial(transition_batch, obs_dim=OBS, action_dim=ACT)  # tests/conftest.py
 
 
 def separate_critics(loss: DiffusionQLLoss) -> None:

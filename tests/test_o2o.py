@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import pendulum_transitions
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
@@ -28,23 +29,8 @@ def marked_buffer(value: float, n: int, extra: dict | None = None) -> TensorDict
 
 def offline_buffer(n: int = 64) -> OfflineReplayBuffer:
     """Pendulum-shaped transitions with mc_return = OFFLINE_MC and an "episode" index, as load_dataset returns."""
-    g = torch.Generator().manual_seed(0)
-    data = TensorDict(
-        {
-            "observation": torch.randn(n, 3, generator=g),
-            "action": torch.rand(n, 1, generator=g) * 4 - 2,
-            "episode": torch.arange(n) // 8,
-            "mc_return": torch.full((n, 1), OFFLINE_MC),
-            ("next", "observation"): torch.randn(n, 3, generator=g),
-            ("next", "reward"): -torch.rand(n, 1, generator=g),
-            ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
-            ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
-            ("next", "truncated"): torch.zeros(n, 1, dtype=torch.bool),
-        },
-        [n],
-    )
     return OfflineReplayBuffer(
-        data,
+        pendulum_transitions(n, OFFLINE_MC, episode_length=8),
         batch_size=10,
         dataset_id="test/pendulum-v0",
         env_id="Pendulum-v1",

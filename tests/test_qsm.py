@@ -8,10 +8,12 @@ training against ``-Q`` must push them away.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import transition_batch
 from recipe_runner import run_recipe
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
@@ -85,27 +87,7 @@ def single_critic():
     return ValueOperator(MLP(in_features=OBS + ACT, out_features=1, num_cells=[16, 16]), ["observation", "action"])
 
 
-def make_batch(*batch: int, keys: dict | None = None) -> TensorDict:
-    k = {
-        "observation": "observation",
-        "action": "action",
-        "reward": "reward",
-        "done": "done",
-        "terminated": "terminated",
-        **(keys or {}),
-    }
-    terminated = torch.rand(*batch, 1) < 0.3
-    return TensorDict(
-        {
-            k["observation"]: torch.randn(*batch, OBS),
-            k["action"]: torch.rand(*batch, ACT) * 2 - 1,
-            ("next", k["observation"]): torch.randn(*batch, OBS),
-            ("next", k["reward"]): torch.randn(*batch, 1),
-            ("next", k["done"]): terminated | (torch.rand(*batch, 1) < 0.2),
-            ("next", k["terminated"]): terminated,
-        },
-        batch_size=list(batch),
-    )
+make_batch = functools.partial(transition_batch, obs_dim=OBS, action_dim=ACT)  # tests/conftest.py
 
 
 # ----------------------------------------------------------------------------------------------------- the loss

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import pendulum_transitions
 from omegaconf import OmegaConf
 from recipe_runner import random_pendulum_dataset, run_recipe
-from tensordict import TensorDict
 
 from diffrl import registry
 from diffrl.data import OfflineReplayBuffer
@@ -57,20 +57,7 @@ def tiny_dataset(minari_tmp_path):
 
 # ---------------------------------------------------------------------------------------------- the hook in the loop
 def offline_buffer(n: int = 64) -> OfflineReplayBuffer:
-    g = torch.Generator().manual_seed(0)
-    data = TensorDict(
-        {
-            "observation": torch.randn(n, 3, generator=g),
-            "action": torch.rand(n, 1, generator=g) * 4 - 2,
-            "mc_return": torch.full((n, 1), OFFLINE_MC),
-            ("next", "observation"): torch.randn(n, 3, generator=g),
-            ("next", "reward"): -torch.rand(n, 1, generator=g),
-            ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
-            ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
-            ("next", "truncated"): torch.zeros(n, 1, dtype=torch.bool),
-        },
-        [n],
-    )
+    data = pendulum_transitions(n, OFFLINE_MC)  # tests/conftest.py
     return OfflineReplayBuffer(data, batch_size=8, dataset_id="test/pendulum-v0", env_id="Pendulum-v1")
 
 
