@@ -186,8 +186,8 @@ def make_collector(
             **ray_options,
         )
         if ray_options:
-            # RayCollector's weight synchronisation starts lazily, at the first update: start it now so the workers act with the
-            # policy's current weights from the first batch on (and TorchRL does not warn about it).
+            # RayCollector's weight synchronisation starts lazily, at the first update: start it now so the workers
+            # act with the policy's current weights from the first batch on (and TorchRL does not warn about it).
             collector.update_policy_weights_()
     if seed is not None:
         collector.set_seed(int(seed))
