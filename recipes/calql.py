@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torchrl.objectives import SoftUpdate
 
-from diffrl import registry
 from diffrl.train import run_recipe
+from diffrl.train.builders import build_actor_critic, loss_optimizers
 from diffrl.train.edis_hook import edis_hook
 from diffrl.train.setup import dataset_and_envs, prepare
 from diffrl.train.trainer import Hook, Trainer
@@ -37,23 +37,16 @@ def main(cfg):
     # reward transform; evaluation sees raw rewards, comparable to the reference scores.
     rb, env, eval_env = dataset_and_envs(cfg, device)
 
-    # Tanh-Gaussian actor within the env's bounds, a single Q network the loss copies num_qvalue_nets times.
-    space = env.action_spec.space
+    # Tanh-Gaussian actor within the env's bounds, the critic ensemble, Cal-QL's loss with its TD(0) target.
     dims = {"obs_dim": rb.obs_dim, "action_dim": rb.action_dim}
-    actor = registry.build("actor", cfg.actor, **dims, action_low=space.low, action_high=space.high).to(device)
-    critic = registry.build("critic", cfg.critic, **dims).to(device)
-    loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic)
-    loss.make_value_estimator(gamma=cfg.gamma)
+    actor, critic, loss = build_actor_critic(cfg, dims, device, action_spec=env.action_spec, gamma=cfg.gamma)
     edis = edis_hook(cfg, actor, **dims, device=device)  # None unless the config has an edis group
 
     # CORL: the entropy temperature learns at the policy rate, the Lagrange multiplier at the critic rate.
-    optims = {
-        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr, fused=True),
-        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr, fused=True),
-        "alpha": torch.optim.Adam([loss.log_alpha], lr=cfg.optim.actor_lr, fused=True),
-    }
+    lr = cfg.optim
+    optims = loss_optimizers(loss, actor=lr.actor_lr, critic=lr.critic_lr, alpha=lr.actor_lr)
     if cfg.loss.cql_lagrange:
-        optims["alpha_prime"] = torch.optim.Adam([loss.log_alpha_prime], lr=cfg.optim.critic_lr, fused=True)
+        optims.update(loss_optimizers(loss, alpha_prime=lr.critic_lr))
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
     state = {"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}}
 

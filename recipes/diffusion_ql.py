@@ -20,14 +20,12 @@ with the official code's update order and defaults (docs/algorithms.md):
 
 from __future__ import annotations
 
-import torch
-
-from diffrl import registry
 from diffrl.data import load_dataset
 from diffrl.envs import make_env
 from diffrl.modules.q_selection import QSelectionActor
 from diffrl.objectives.updaters import diffusion_ql_updater
 from diffrl.train import normalized_score, run_recipe, seed_env
+from diffrl.train.builders import build_actor_critic, loss_optimizers
 from diffrl.train.setup import prepare
 from diffrl.train.trainer import Trainer, TrainerSettings
 from diffrl.train.updates import critic_then_actor_update
@@ -48,24 +46,15 @@ def main(cfg):
     seed_env(eval_env, cfg.seed + 100)
 
     # Diffusion actor within the env's action bounds, twin critics, the loss with its target networks.
-    space = eval_env.action_spec.space
     dims = {"obs_dim": rb.obs_dim, "action_dim": rb.action_dim}
-    actor = registry.build("actor", cfg.actor, **dims, action_low=space.low, action_high=space.high).to(device)
-    critic = registry.build("critic", cfg.critic, **dims).to(device)
-    loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic)
-    loss.make_value_estimator(gamma=cfg.gamma)
-    actor_params = [p for p in loss.actor_network_params.values(True, True) if p.requires_grad]
-    critic_params = [p for p in loss.qvalue_network_params.values(True, True) if p.requires_grad]
-    # fused: one kernel for every parameter (3-4x faster than the multi-tensor path on CPU, which also thrashes with
-    # two threads); the official code's critic lr is always 3e-4.
-    optim_actor = torch.optim.Adam(actor_params, lr=cfg.optim.actor_lr, fused=True)
-    optim_critic = torch.optim.Adam(critic_params, lr=cfg.optim.critic_lr, fused=True)
+    actor, critic, loss = build_actor_critic(cfg, dims, device, action_spec=eval_env.action_spec, gamma=cfg.gamma)
+    optims = loss_optimizers(loss, actor=cfg.optim.actor_lr, critic=cfg.optim.critic_lr)  # official critic lr: 3e-4
     updater = diffusion_ql_updater(loss, **cfg.optim.targets)
 
     # Critic step, then the actor against the critic just updated; one gradient-norm clip for both (per dataset in
     # the paper). compile: each loss term becomes one inductor graph, forward and backward.
     update = critic_then_actor_update(
-        loss, optim_critic, optim_actor, updater, grad_norm=max(cfg.optim.grad_norm, 0.0), compile=cfg.compile
+        loss, optims["critic"], optims["actor"], updater, grad_norm=max(cfg.optim.grad_norm, 0.0), compile=cfg.compile
     )
 
     # Evaluation policy: the online actor's candidates scored by the target critics.
@@ -75,7 +64,7 @@ def main(cfg):
         with loss.target_qvalue_network_params.to_module(critic):
             return select(td)
 
-    state = {"loss": loss, "optim_actor": optim_actor, "optim_critic": optim_critic, "updater": updater}
+    state = {"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}}
     # Candidates are drawn with noise (a deterministic diffusion sample is a different, degenerate policy).
     settings = TrainerSettings.from_config(cfg, eval_exploration="random")
     trainer = Trainer(

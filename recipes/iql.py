@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torchrl.objectives import SoftUpdate
 
-from diffrl import registry
 from diffrl.train import run_recipe
+from diffrl.train.builders import build_actor_critic, loss_optimizers
 from diffrl.train.edis_hook import edis_hook
 from diffrl.train.setup import dataset_and_envs, prepare
 from diffrl.train.trainer import Trainer
@@ -39,20 +39,14 @@ def main(cfg):
     rb, env, eval_env = dataset_and_envs(cfg, device)
 
     # A stochastic actor that scores dataset actions, a single Q network (the loss makes num_qvalue_nets copies), V(s).
-    space = env.action_spec.space
     dims = {"obs_dim": rb.obs_dim, "action_dim": rb.action_dim}
-    actor = registry.build("actor", cfg.actor, **dims, action_low=space.low, action_high=space.high).to(device)
-    critic = registry.build("critic", cfg.critic, **dims).to(device)
-    value = registry.build("critic", cfg.value, **dims).to(device)
-    loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic, value_network=value)
-    loss.make_value_estimator(gamma=cfg.gamma)
+    actor, critic, loss = build_actor_critic(
+        cfg, dims, device, action_spec=env.action_spec, value=True, gamma=cfg.gamma
+    )
     edis = edis_hook(cfg, actor, **dims, device=device)  # None unless the config has an edis group
 
-    optims = {
-        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr, fused=True),
-        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr, fused=True),
-        "value": torch.optim.Adam(loss.value_network_params.values(True, True), lr=cfg.optim.value_lr, fused=True),
-    }
+    lr = cfg.optim
+    optims = loss_optimizers(loss, actor=lr.actor_lr, critic=lr.critic_lr, value=lr.value_lr)
     schedulers = {}
     # CORL's cosine: 0 at T_max = offline steps, then periodic (3e-5 after 0.2 T_max more, the full lr at 2 T_max)
     if cfg.optim.get("actor_lr_schedule", "constant") == "cosine":

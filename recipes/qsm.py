@@ -25,8 +25,8 @@ from tensordict.nn import TensorDictSequential
 from torchrl.modules import AdditiveGaussianModule
 from torchrl.objectives import SoftUpdate
 
-from diffrl import registry
 from diffrl.train import run_recipe
+from diffrl.train.builders import build_actor_critic, loss_optimizers
 from diffrl.train.setup import online_envs, prepare
 from diffrl.train.trainer import Trainer
 from diffrl.train.updates import critic_then_actor_update
@@ -39,14 +39,11 @@ def main(cfg):
     env, eval_env, dims = online_envs(cfg)
 
     # Networks and loss: a diffusion actor, an ensemble of critics, QSM's score-matching and TD(0) terms.
-    actor = registry.build("actor", cfg.actor, **dims).to(device)
-    critic = registry.build("critic", cfg.critic, **dims).to(device)
-    loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic)
-    actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr, fused=True)
-    critic_optim = torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr, fused=True)
+    actor, critic, loss = build_actor_critic(cfg, dims, device)
+    optims = loss_optimizers(loss, actor=cfg.optim.actor_lr, critic=cfg.optim.critic_lr)
     decay = cfg.optim.actor_lr_decay_steps  # cosine to 0 over `decay` updates, then 0 (optax's cosine_decay_schedule)
     actor_schedule = torch.optim.lr_scheduler.LambdaLR(
-        actor_optim, lambda u: 0.5 * (1 + math.cos(math.pi * min(u, decay) / decay)) if decay > 0 else 1.0
+        optims["actor"], lambda u: 0.5 * (1 + math.cos(math.pi * min(u, decay) / decay)) if decay > 0 else 1.0
     )
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
 
@@ -60,15 +57,10 @@ def main(cfg):
 
     # The official order per update: critic step on the batch, then the actor against the updated critic.
     update = critic_then_actor_update(
-        loss, critic_optim, actor_optim, updater, schedulers=[actor_schedule], compile=cfg.get("compile", False)
+        loss, optims["critic"], optims["actor"], updater, schedulers=[actor_schedule], compile=cfg.get("compile", False)
     )
-    state = {
-        "loss": loss,
-        "actor_optim": actor_optim,
-        "critic_optim": critic_optim,
-        "actor_schedule": actor_schedule,
-        "updater": updater,
-    }
+    state = {"loss": loss, "updater": updater, "schedule_actor": actor_schedule}
+    state.update({f"optim_{k}": v for k, v in optims.items()})
     trainer = Trainer(
         cfg,
         update=update,

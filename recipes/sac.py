@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torchrl.objectives import SoftUpdate
 
-from diffrl import registry
 from diffrl.train import run_recipe
+from diffrl.train.builders import build_actor_critic, loss_optimizers
 from diffrl.train.setup import online_envs, prepare
 from diffrl.train.trainer import Trainer
 from diffrl.train.updates import summed_loss_update
@@ -30,15 +30,9 @@ def main(cfg):
     env, eval_env, dims = online_envs(cfg)  # actions in [-1, 1]; raw rewards for evaluation
 
     # A tanh-Gaussian actor within [-1, 1], one Q network that SACLoss copies into twin critics.
-    actor = registry.build("actor", cfg.actor, **dims, action_low=-1.0, action_high=1.0).to(device)
-    critic = registry.build("critic", cfg.critic, **dims).to(device)
-    loss = registry.build("loss", cfg.loss, actor_network=actor, qvalue_network=critic)
-    loss.make_value_estimator(gamma=cfg.gamma)
-    optims = {  # CleanRL: the critics and the temperature learn faster than the actor
-        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=cfg.optim.actor_lr, fused=True),
-        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=cfg.optim.critic_lr, fused=True),
-        "alpha": torch.optim.Adam([loss.log_alpha], lr=cfg.optim.alpha_lr, fused=True),
-    }
+    actor, critic, loss = build_actor_critic(cfg, dims, device, action_spec=eval_env.action_spec, gamma=cfg.gamma)
+    # CleanRL: the critics and the temperature learn faster than the actor
+    optims = loss_optimizers(loss, actor=cfg.optim.actor_lr, critic=cfg.optim.critic_lr, alpha=cfg.optim.alpha_lr)
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
 
     trainer = Trainer(
