@@ -77,6 +77,17 @@ def q_sample(schedule: DiffusionSchedule, x0: Tensor, t: Tensor, noise: Tensor) 
     )
 
 
+def _noised(
+    schedule: DiffusionSchedule, x0: Tensor, t: Tensor | None, noise: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x_t, t, noise)`` by ``q_sample``, drawing ``t`` (uniform over the steps) and then ``noise`` when not given."""
+    if t is None:
+        t = torch.randint(0, schedule.num_steps, x0.shape[:-1], device=x0.device)
+    if noise is None:
+        noise = torch.randn_like(x0)
+    return q_sample(schedule, x0, t, noise), t, noise
+
+
 def epsilon_loss(
     model: Model,
     schedule: DiffusionSchedule,
@@ -99,12 +110,7 @@ def epsilon_loss(
         >>> epsilon_loss(perfect, sched, torch.zeros(3, 4, 2), None, noise=torch.ones(3, 4, 2)).abs().max().item()
         0.0
     """
-    batch = x0.shape[:-1]
-    if t is None:
-        t = torch.randint(0, schedule.num_steps, batch, device=x0.device)
-    if noise is None:
-        noise = torch.randn_like(x0)
-    x_t = q_sample(schedule, x0, t, noise)
+    x_t, t, noise = _noised(schedule, x0, t, noise)
     return (model(x_t, t, condition) - noise).pow(2).mean(-1)
 
 
@@ -140,12 +146,7 @@ def epsilon_loss_and_x0(
         >>> float(loss), torch.allclose(x0_hat, x0, atol=1e-5)
         (0.0, True)
     """
-    batch = x0.shape[:-1]
-    if t is None:
-        t = torch.randint(0, schedule.num_steps, batch, device=x0.device)
-    if noise is None:
-        noise = torch.randn_like(x0)
-    x_t = q_sample(schedule, x0, t, noise)
+    x_t, t, noise = _noised(schedule, x0, t, noise)
     eps = model(x_t, t, condition)
     loss = (eps - noise).pow(2).mean(-1)
     x0_hat = (
@@ -231,10 +232,24 @@ def _grad_context(grad: bool) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if grad else torch.no_grad()
 
 
-def _prepare(model, schedule, condition, shape, steps):
+def _start_chain(
+    model: Model,
+    condition: Tensor | None,
+    shape: Sequence[int],
+    steps: Sequence[int],
+    noise: Tensor | None,
+    num_draws: int,
+) -> tuple[Tensor, Sequence[Tensor], Callable]:
+    """``(x_T, draws, eps_fn)`` of a reverse chain over ``steps``: ``x_T`` is ``draws[0]``, draw ``k`` follows step
+    ``k``."""
     shape = torch.Size(shape)
-    batch = shape[:-1]
-    return shape, bind_model(model, condition, steps, batch)
+    z = _draws(noise, num_draws, shape, condition)
+    return z[0], z, bind_model(model, condition, steps, shape[:-1])
+
+
+def _add_scaled(x: Tensor, other: Tensor, alpha: float, inplace: bool) -> Tensor:
+    """``x + alpha * other``, in place when allowed."""
+    return x.add_(other, alpha=alpha) if inplace else torch.add(x, other, alpha=alpha)
 
 
 def sample_diffusion_ql(
@@ -276,9 +291,7 @@ def sample_diffusion_ql(
     # Graph-free runs update fresh tensors in place (fewer kernels and allocations per step).
     inplace = not (grad and torch.is_grad_enabled())
     with _grad_context(grad):
-        shape, eps_fn = _prepare(model, schedule, condition, shape, steps)
-        z = _draws(noise, len(steps) if draw_noise else 1, shape, condition)
-        x = z[0]
+        x, z, eps_fn = _start_chain(model, condition, shape, steps, noise, len(steps) if draw_noise else 1)
         for k, i in enumerate(reversed(steps)):
             eps = eps_fn(x, i)
             # y = x0_hat / c with c = 1/sqrt(abar_i): clamping y to bounds / c is clamping x0_hat to the bounds, and
@@ -293,7 +306,7 @@ def sample_diffusion_ql(
                 x = torch.add(y * coef_x0, x, alpha=coef_x)
             if i > 0 and draw_noise:
                 sigma = noise_scale * f["posterior_variance"][i] ** 0.5
-                x = x.add_(z[k + 1], alpha=sigma) if inplace else torch.add(x, z[k + 1], alpha=sigma)
+                x = _add_scaled(x, z[k + 1], sigma, inplace)
         return clamp(x)
 
 
@@ -326,16 +339,14 @@ def sample_qsm(
     draw_noise = noise_scale != 0
     inplace = not (grad and torch.is_grad_enabled())
     with _grad_context(grad):
-        shape, eps_fn = _prepare(model, schedule, condition, shape, steps)
-        z = _draws(noise, len(steps) if draw_noise else 1, shape, condition)
-        x = z[0]
+        x, z, eps_fn = _start_chain(model, condition, shape, steps, noise, len(steps) if draw_noise else 1)
         for k, i in enumerate(reversed(steps)):
             eps = eps_fn(x, i)
             x = torch.add(x, eps, alpha=-f["betas"][i] / f["sqrt_one_minus_alphas_cumprod"][i])
             x = x.mul_(f["alphas"][i] ** -0.5) if inplace else x * f["alphas"][i] ** -0.5
             if i > 0 and draw_noise:
                 sigma = noise_scale * f["betas"][i] ** 0.5
-                x = x.add_(z[k + 1], alpha=sigma) if inplace else torch.add(x, z[k + 1], alpha=sigma)
+                x = _add_scaled(x, z[k + 1], sigma, inplace)
             x = _clamp_scaled(x, low, high, 1.0, inplace)
         return x
 
@@ -378,9 +389,7 @@ def sample_ddim(
     abar = f["alphas_cumprod"]
     draw_noise = noise_scale != 0 and eta != 0
     with _grad_context(grad):
-        shape, eps_fn = _prepare(model, schedule, condition, shape, steps)
-        z = _draws(noise, len(steps) if draw_noise else 1, shape, condition)
-        x = z[0]
+        x, z, eps_fn = _start_chain(model, condition, shape, steps, noise, len(steps) if draw_noise else 1)
         descending = steps[::-1]
         for k, i in enumerate(descending):
             a_t = abar[i]

@@ -49,6 +49,31 @@ def _bounds_for_distribution(low: Tensor, high: Tensor) -> tuple[float | Tensor,
     return (float(low[0]), float(high[0])) if uniform else (low, high)
 
 
+def _bounded_actor(
+    net: nn.Module,
+    low: Tensor,
+    high: Tensor,
+    in_keys: Sequence[NestedKey],
+    out_keys: Sequence[NestedKey],
+    distribution_class: type,
+    return_log_prob: bool,
+    **distribution_kwargs,
+) -> ProbabilisticActor:
+    """``net: observation -> (loc, scale)`` wrapped as a ``ProbabilisticActor`` whose spec and distribution carry the
+    per-dimension bounds ``[low, high]`` (``[action_dim]`` tensors)."""
+    module = TensorDictModule(net, in_keys=list(in_keys), out_keys=["loc", "scale"])
+    dist_low, dist_high = _bounds_for_distribution(low, high)
+    return ProbabilisticActor(
+        module,
+        in_keys=["loc", "scale"],
+        out_keys=list(out_keys),
+        spec=Bounded(low=low, high=high, shape=low.shape, dtype=torch.float32),
+        distribution_class=distribution_class,
+        distribution_kwargs={"low": dist_low, "high": dist_high, **distribution_kwargs},
+        return_log_prob=return_log_prob,
+    )
+
+
 class CORLScaleExtractor(nn.Module):
     """``raw [..., 2A] -> (loc [..., A], scale [..., A])`` with CORL's Cal-QL mapping of the second half.
 
@@ -138,17 +163,7 @@ def tanh_normal(
         except (ValueError, NotImplementedError, RuntimeError) as err:
             raise ValueError(f"unknown scale_mapping {scale_mapping!r}; accepted: {list(SCALE_MAPPINGS)}.") from err
     net = nn.Sequential(MLP(obs_dim, 2 * action_dim, hidden_sizes, activation=activation, init=init), extractor)
-    module = TensorDictModule(net, in_keys=list(in_keys), out_keys=["loc", "scale"])
-    dist_low, dist_high = _bounds_for_distribution(low, high)
-    return ProbabilisticActor(
-        module,
-        in_keys=["loc", "scale"],
-        out_keys=list(out_keys),
-        spec=Bounded(low=low, high=high, shape=(action_dim,), dtype=torch.float32),
-        distribution_class=TanhNormal,
-        distribution_kwargs={"low": dist_low, "high": dist_high, "tanh_loc": tanh_loc},
-        return_log_prob=return_log_prob,
-    )
+    return _bounded_actor(net, low, high, in_keys, out_keys, TanhNormal, return_log_prob, tanh_loc=tanh_loc)
 
 
 _NO_SHAPE = torch.Size()
@@ -280,14 +295,4 @@ def gaussian(
     _check_actor_args(obs_dim, action_dim, hidden_sizes, init)
     low, high = action_bounds(action_low, action_high, action_dim)
     net = GaussianMeanStd(obs_dim, action_dim, hidden_sizes, activation, low, high, init)
-    module = TensorDictModule(net, in_keys=list(in_keys), out_keys=["loc", "scale"])
-    dist_low, dist_high = _bounds_for_distribution(low, high)
-    return ProbabilisticActor(
-        module,
-        in_keys=["loc", "scale"],
-        out_keys=list(out_keys),
-        spec=Bounded(low=low, high=high, shape=(action_dim,), dtype=torch.float32),
-        distribution_class=ClampedNormal,
-        distribution_kwargs={"low": dist_low, "high": dist_high},
-        return_log_prob=return_log_prob,
-    )
+    return _bounded_actor(net, low, high, in_keys, out_keys, ClampedNormal, return_log_prob)
