@@ -9,7 +9,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from diffrl import registry
 from diffrl.diffusion import ddpm
-from diffrl.modules.diffusion_actor import DiffusionActor
+from diffrl.modules.diffusion_actor import DiffusionActor, sampling_overrides
 from diffrl.objectives.diffusion_bc import DiffusionBCLoss
 
 
@@ -253,3 +253,21 @@ def test_denoising_loss_reconstruction_is_clamped_and_differentiable():
     assert a0.shape == (64, 2) and bool((a0.abs() <= 0.5).all()) and a0.requires_grad
     (grad,) = torch.autograd.grad(a0.sum(), [actor.network.layers[-1].bias])
     assert grad.abs().sum() > 0
+
+
+def test_sampling_overrides_are_validated_and_steer_sample():
+    actor = DiffusionActor(obs_dim=3, action_dim=1, hidden_sizes=(8,), num_steps=5)
+    assert sampling_overrides(actor, None, None) == {}
+    with pytest.raises(ValueError):
+        sampling_overrides(actor, "nope", None)
+    with pytest.raises(ValueError):
+        sampling_overrides(actor, "ddim", 9)  # more than T
+    kwargs = sampling_overrides(actor, "ddim", 2)
+    observation = torch.randn(4, 3)
+    torch.manual_seed(0)
+    overridden = actor.sample(observation, **kwargs)
+    torch.manual_seed(0)
+    direct = actor.sample(observation, sampler="ddim", inference_steps=2)
+    torch.manual_seed(0)
+    own = actor.sample(observation)
+    assert torch.equal(overridden, direct) and not torch.equal(overridden, own)

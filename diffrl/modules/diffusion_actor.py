@@ -25,7 +25,14 @@ from diffrl.diffusion import ddpm
 from diffrl.diffusion.schedules import DiffusionSchedule
 from diffrl.nn.noise_nets import NOISE_NETS
 
-__all__ = ["DiffusionActor", "action_bounds", "check_precision", "native_bf16", "precision_context"]
+__all__ = [
+    "DiffusionActor",
+    "action_bounds",
+    "check_precision",
+    "native_bf16",
+    "precision_context",
+    "sampling_overrides",
+]
 
 _PRECISIONS = ("fp32", "bf16")
 
@@ -68,6 +75,33 @@ def native_bf16(device: torch.device | str) -> bool:
         checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
         return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
     return False
+
+
+def sampling_overrides(actor: Any, sampler: str | None, inference_steps: int | None) -> dict[str, Any]:
+    """Keyword arguments that make ``actor.sample`` use ``sampler`` / ``inference_steps`` instead of its own.
+
+    Empty when both are None (the actor's own choice). Otherwise both are validated now, by the actor's
+    ``_sampling_choice`` when it has one (unknown sampler, steps out of range, fewer steps without DDIM), so a bad
+    option fails at construction rather than at the first sample.
+
+    Example:
+        >>> actor = DiffusionActor(obs_dim=3, action_dim=1, hidden_sizes=(8,))
+        >>> sampling_overrides(actor, None, None)
+        {}
+        >>> sampling_overrides(actor, "ddim", 2)
+        {'sampler': 'ddim', 'inference_steps': 2}
+        >>> try:
+        ...     sampling_overrides(actor, "nope", None)
+        ... except ValueError:
+        ...     print("rejected")
+        rejected
+    """
+    if sampler is None and inference_steps is None:
+        return {}
+    choose = getattr(actor, "_sampling_choice", None)
+    if choose is not None:
+        choose(sampler, inference_steps)
+    return {"sampler": sampler, "inference_steps": inference_steps}
 
 
 def check_precision(precision: str, device: torch.device | str) -> None:

@@ -14,7 +14,7 @@ from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.modules import ValueOperator
 
-from diffrl.modules.diffusion_actor import check_precision, deterministic_mode, precision_context
+from diffrl.modules.diffusion_actor import check_precision, deterministic_mode, precision_context, sampling_overrides
 
 __all__ = ["QSelectionActor"]
 
@@ -102,12 +102,7 @@ class QSelectionActor(TensorDictModuleBase):
             raise ValueError(
                 f"default_interaction_type must be 'random' or 'deterministic', got {default_interaction_type!r}."
             )
-        self._sampling: dict[str, object] = {}
-        if sampler is not None or inference_steps is not None:
-            choose = getattr(actor, "_sampling_choice", None)
-            if choose is not None:  # validates the sampler name and the step count against the actor's T
-                choose(sampler, inference_steps)
-            self._sampling = {"sampler": sampler, "inference_steps": inference_steps}
+        self._sampling = sampling_overrides(actor, sampler, inference_steps)
         check_precision(precision, next((p.device for p in actor.parameters()), torch.device("cpu")))
         self.precision = precision
         self.actor = actor

@@ -151,13 +151,6 @@ class CalQLLoss(DiffrlLossBase):
     default_keys = _AcceptedKeys
     loss_terms = ("actor", "alpha", "qvalue", "cql")  # forward's order; alpha and alpha' reuse the actor and cql terms
 
-    actor_network: TensorDictModule
-    actor_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams
-    qvalue_network: TensorDictModule
-    qvalue_network_params: TensorDictParams
-    target_qvalue_network_params: TensorDictParams
-
     def __init__(
         self,
         actor_network: ProbabilisticTensorDictSequential,

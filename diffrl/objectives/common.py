@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import TensorDictModule, dispatch
+from tensordict.nn import TensorDictModule, TensorDictModuleBase, dispatch
 from tensordict.utils import NestedKey
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators, _vmap_func, dispatch_value_estimator, distance_loss
@@ -126,6 +126,11 @@ class DiffrlLossBase(LossModule):
     #: ``"mean"``, ``"sum"`` or ``"none"``: how ``_reduce_loss`` reduces per-sample terms (constructors override it).
     reduction: str = "mean"
 
+    # TorchRL's convert_to_functional accepts only annotated names (it reads them along the MRO); the actor's target
+    # copy is declared even where a loss creates none.
+    actor_network: TensorDictModuleBase
+    actor_network_params: TensorDictParams
+    target_actor_network_params: TensorDictParams
     qvalue_network: TensorDictModule
     qvalue_network_params: TensorDictParams
     target_qvalue_network_params: TensorDictParams

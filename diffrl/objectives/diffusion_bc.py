@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tensordict import TensorDictBase, TensorDictParams
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import Tensor
@@ -71,10 +71,6 @@ class DiffusionBCLoss(DiffrlLossBase):
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
     loss_terms = ("actor",)  # no critic, no value estimator
-
-    actor_network: TensorDictModuleBase
-    actor_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams
 
     def __init__(self, actor_network: TensorDictModuleBase, *, reduction: str | None = None) -> None:
         if not callable(getattr(actor_network, "denoising_loss", None)):

@@ -11,12 +11,12 @@ actions is ``q_normalization="dataset"``.
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDictBase, TensorDictParams
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import Tensor
 
 from diffrl import registry
-from diffrl.modules.diffusion_actor import check_precision, precision_context
+from diffrl.modules.diffusion_actor import check_precision, precision_context, sampling_overrides
 from diffrl.objectives.common import DiffrlLossBase
 
 __all__ = ["DiffusionQLLoss"]
@@ -127,10 +127,6 @@ class DiffusionQLLoss(DiffrlLossBase):
     loss_terms = ("qvalue", "actor")  # the critic term first: its target draws come before the actor's
     diagnostic_keys = ("bc_loss", "q_term", "q_policy", "maximised_critic", "q_data", "target_value")
 
-    actor_network: TensorDictModule
-    actor_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams
-
     def __init__(
         self,
         actor_network: TensorDictModule,
@@ -161,12 +157,7 @@ class DiffusionQLLoss(DiffrlLossBase):
                 f"action_approximation must be one of {_APPROXIMATIONS}, got {action_approximation!r}; 'none' is the "
                 "paper's full chain, 'edp' the one-step reconstruction."
             )
-        self._target_sampling: dict[str, object] = {}
-        if target_sampler is not None or target_sampler_steps is not None:
-            choose = getattr(actor_network, "_sampling_choice", None)
-            if choose is not None:  # validates both (unknown sampler, steps out of range, non-DDIM with fewer steps)
-                choose(target_sampler, target_sampler_steps)
-            self._target_sampling = {"sampler": target_sampler, "inference_steps": target_sampler_steps}
+        self._target_sampling = sampling_overrides(actor_network, target_sampler, target_sampler_steps)
         device = next((p.device for p in actor_network.parameters()), torch.device("cpu"))
         check_precision(precision, device)
         self.action_approximation = action_approximation

@@ -10,7 +10,7 @@ because a DDPM step moves *against* the predicted noise, hence *along* grad Q.
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDictBase, TensorDictParams
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 
 from diffrl import registry
@@ -79,10 +79,6 @@ class QScoreMatchingLoss(DiffrlLossBase):
 
     loss_terms = ("qvalue", "actor")  # the critic term first: its target draws come before the actor's
     diagnostic_keys = ("score_norm", "q_data", "target_value")
-
-    actor_network: TensorDictModule
-    actor_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams  # never created (no target actor); declared for TorchRL's check
 
     def __init__(
         self,

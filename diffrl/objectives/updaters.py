@@ -195,14 +195,11 @@ def diffusion_ql_updater(
     Other networks with targets, if any, follow the critic's schedule.
 
     Example:
-        >>> import torch
-        >>> from torchrl.modules import MLP, ValueOperator
-        >>> from torchrl.objectives import TD3BCLoss
-        >>> from tensordict.nn import TensorDictModule
-        >>> from torchrl.data import Bounded
-        >>> actor = TensorDictModule(torch.nn.Linear(3, 1), ["observation"], ["action"])
-        >>> critic = ValueOperator(MLP(in_features=4, out_features=1, num_cells=[8]), ["observation", "action"])
-        >>> updater = diffusion_ql_updater(TD3BCLoss(actor, critic, action_spec=Bounded(-1, 1, (1,))))
+        >>> from diffrl import registry
+        >>> actor = registry.build("actor", "diffusion", obs_dim=3, action_dim=1, hidden_sizes=(8,))
+        >>> critic = registry.build("critic", "twin_q", obs_dim=3, action_dim=1, hidden_sizes=(8,))
+        >>> loss = registry.build("loss", "diffusion_ql", actor_network=actor, qvalue_network=critic)
+        >>> updater = diffusion_ql_updater(loss)
         >>> updater.schedules["actor_network"]
         UpdateSchedule(tau=0.005, every=5, start=1000)
     """
