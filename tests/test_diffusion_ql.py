@@ -567,7 +567,7 @@ def test_fast_options_still_put_the_bandit_policy_on_the_reward_5_mode(tmp_path)
     spec = importlib.util.spec_from_file_location("recipe_bandit2d_fast_options", path)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
-    overrides = ["config=bandit2d_fast.yaml", f"logger.dir={tmp_path / 'run'}", "threads=1", "offline.steps=300"]
+    overrides = ["config=fast", f"logger.dir={tmp_path / 'run'}", "threads=1", "offline.steps=300"]
     cfg = load_config(path, [*overrides, "eval.samples=400"])
     OmegaConf.set_struct(cfg, False)  # bandit2d.yaml lists only eta under loss; these are DiffusionQLLoss arguments
     cfg.loss.update(

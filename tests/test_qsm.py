@@ -387,7 +387,7 @@ def test_recipe_runs_logs_checkpoints_and_resumes(tmp_path):
 
 
 def test_recipe_config_files_are_valid():
-    for extra in ([], ["config=qsm_hopper.yaml"], ["config=qsm_halfcheetah.yaml"]):
+    for extra in ([], ["config=hopper"], ["config=halfcheetah"]):
         cfg = load_config(RECIPE, extra)
         assert cfg.loss.score_scale == 50.0 and cfg.online.batch_size == 256
         if extra:  # the paper's settings

@@ -111,7 +111,7 @@ PAPER = {  # file stem -> (eta, grad norm, actor lr, max-Q backup, steps): the o
 
 
 def test_every_per_task_config_loads_strictly_with_the_papers_hyperparameters():
-    files = {f.stem.removeprefix("diffusion_ql_"): f for f in (RECIPES / "configs").glob("diffusion_ql_*.yaml")}
+    files = {f.stem: f for f in (RECIPES / "configs" / "diffusion_ql").glob("*.yaml")}
     assert set(files) == set(PAPER)
     for stem, (eta, grad_norm, actor_lr, max_q, steps) in PAPER.items():
         cfg = load_config(RECIPE, [f"config={files[stem].name}"])
