@@ -1,7 +1,7 @@
 """Q-Score Matching on CPU: update throughput at the paper's sizes and the per-step action latency of collection.
 
 Sizes (defaults): batch 256, state 17, action 6 (HalfCheetah-v5), T = 5, QSM's noise network (Fourier time features
--> 128-128 Mish, trunk 512-512 Mish) and two 512-512 ReLU critics (``twin_q``), as recipes/configs/qsm_halfcheetah.yaml.
+-> 128-128 Mish, trunk 512-512 Mish) and two 512-512 ReLU critics (``twin_q``), as recipes/configs/qsm/halfcheetah.yaml.
 
 * ``update``: the recipe's update, in the official order: critic TD(0) loss (target actions sampled through the
   5-step chain), backward, Adam step; actor score-matching loss against the updated critic (grad_a of the critics'

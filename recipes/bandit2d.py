@@ -13,7 +13,7 @@ reward, then one panel per policy) and logs, per policy, the fraction of samples
 (``|x| > 0.4`` and ``|y| > 0.4`` on the mode's side) and in none of them.
 
     python recipes/bandit2d.py                             # the paper's T = 50 (a few minutes on CPU)
-    python recipes/bandit2d.py config=bandit2d_fast.yaml   # T = 5 and shorter training (well under a minute)
+    python recipes/bandit2d.py config=fast                 # T = 5 and shorter training (well under a minute)
 """
 
 from __future__ import annotations

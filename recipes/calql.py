@@ -13,7 +13,7 @@ toward the online state, policy and dynamics distributions with three energies, 
 ``edis.synthetic_fraction`` of every online batch with its samples.
 
     python recipes/calql.py                                   # pendulum, a few minutes on CPU
-    python recipes/calql.py config=calql_hopper_medium.yaml   # CORL-scale settings on a Minari dataset
+    python recipes/calql.py config=hopper_medium              # CORL-scale settings on a Minari dataset
     python recipes/calql.py resume=runs/calql/<run>           # continue a run, in either phase
 """
 

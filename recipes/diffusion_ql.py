@@ -14,7 +14,7 @@ with the official code's update order and defaults (docs/algorithms.md):
     evaluate: 50 candidates from the online actor, one drawn with softmax over min_i Q'_i (the target critics)
 
     python recipes/diffusion_ql.py                                      # pendulum, a few minutes on CPU
-    python recipes/diffusion_ql.py config=diffusion_ql_hopper_medium.yaml   # the paper's settings on Minari data
+    python recipes/diffusion_ql.py config=hopper_medium                 # the paper's settings on Minari data
     python recipes/diffusion_ql.py resume=runs/diffusion_ql/<run>       # continue a run
 """
 

@@ -12,7 +12,7 @@ Cal-QL (Nakamoto et al., NeurIPS 2023):
 
     python recipes/edis_calql.py                                             # pendulum, a few minutes on CPU
     python recipes/edis_calql.py edis.synthetic_fraction=0.3 edis.guidance.state=2.0
-    python recipes/edis_calql.py config=edis_calql_mujoco_hopper_medium.yaml # the paper's settings (GPU)
+    python recipes/edis_calql.py config=mujoco_hopper_medium                 # the paper's settings (GPU)
     python recipes/edis_calql.py resume=runs/edis_calql/<run>                # continue a run, in either phase
 """
 

@@ -12,7 +12,7 @@ Liu et al., "Energy-Guided Diffusion Sampling for Offline-to-Online Reinforcemen
                online data with the current policy, and regenerate the synthetic pool with energy guidance
 
     python recipes/edis_iql.py                                             # pendulum, a few minutes on CPU
-    python recipes/edis_iql.py config=edis_iql_mujoco_hopper_medium.yaml   # the paper's settings (GPU)
+    python recipes/edis_iql.py config=mujoco_hopper_medium_replay          # the paper's settings (GPU)
     python recipes/edis_iql.py resume=runs/edis_iql/<run>                  # continue a run, in either phase
 """
 

@@ -14,7 +14,7 @@ replaces ``edis.synthetic_fraction`` of every online batch with energy-guided sy
 switch and every ``online.retrain_every`` env steps.
 
     python recipes/iql.py                                   # pendulum, a few minutes on CPU
-    python recipes/iql.py config=iql_antmaze_umaze.yaml     # CORL-scale settings on a Minari dataset
+    python recipes/iql.py config=antmaze_umaze              # CORL-scale settings on a Minari dataset
     python recipes/iql.py resume=runs/iql/<run>             # continue a run, in either phase
 """
 

@@ -10,9 +10,9 @@ Psenka, Escontrela, Abbeel and Ma, "Learning a Diffusion Model Policy from Rewar
             target critics <- Polyak(tau)
 
     python recipes/qsm.py                                  # Pendulum-v1, a few minutes on CPU
-    python recipes/qsm.py config=qsm_hopper.yaml           # the paper's settings on Hopper-v5
+    python recipes/qsm.py config=hopper                    # the paper's settings on Hopper-v5
     python recipes/qsm.py collector.num_workers=2          # TorchRL's multi-process collector
-    python recipes/qsm.py collector.backend=ray collector.num_workers=2   # TorchRL's Ray collector
+    python recipes/qsm.py collector.backend=ray collector.num_workers=2  # TorchRL's Ray collector
     python recipes/qsm.py resume=runs/qsm/<run>            # continue a run exactly where it stopped
 """
 

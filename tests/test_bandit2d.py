@@ -41,7 +41,7 @@ def test_quadrant_fractions_count_each_mode_and_the_rest(recipe):
 
 
 def run_fast(recipe, tmp_path, *overrides: str) -> dict:
-    cfg = load_config(RECIPE, ["config=bandit2d_fast.yaml", f"logger.dir={tmp_path / 'run'}", "threads=1", *overrides])
+    cfg = load_config(RECIPE, ["config=fast", f"logger.dir={tmp_path / 'run'}", "threads=1", *overrides])
     return recipe.main(cfg)
 
 

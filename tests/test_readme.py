@@ -43,16 +43,18 @@ def test_contract_components_are_registered():
 
 
 def test_recipe_commands_name_files_that_exist():
-    """Every ``python recipes/X.py ... config=Y.yaml`` and ``python benchmarks/Z.py`` in the README exists."""
+    """Every ``python recipes/X.py ... config=Y`` (``recipes/configs/X/Y.yaml``) and ``python benchmarks/Z.py`` in the
+    README exists."""
     root = README.parent
     text = README.read_text()
     scripts = set(re.findall(r"python ((?:recipes|benchmarks)/\w+\.py)", text))
     assert "recipes/edis_calql.py" in scripts
     missing = sorted(s for s in scripts if not (root / s).is_file())
     assert not missing, f"README runs scripts that do not exist: {missing}"
-    configs = set(re.findall(r"config=(\w+\.yaml)", text))
-    missing = sorted(c for c in configs if not (root / "recipes" / "configs" / c).is_file())
-    assert not missing, f"README names config files that do not exist in recipes/configs: {missing}"
+    configs = set(re.findall(r"python recipes/(\w+)\.py [^\n`]*?config=(\w+)", text))
+    assert configs, "the README shows no recipe run with a per-task config=... file"
+    missing = sorted(f"{r}/{c}.yaml" for r, c in configs if not (root / "recipes/configs" / r / f"{c}.yaml").is_file())
+    assert not missing, f"README names per-task config files that do not exist in recipes/configs: {missing}"
 
 
 def test_own_recipe_example_runs(tmp_path, monkeypatch):
