@@ -26,6 +26,7 @@ from diffrl import registry
 from diffrl.data.toy import BANDIT_MODES, BANDIT_REWARD_MEANS, bandit_replay_buffer
 from diffrl.objectives.updaters import diffusion_ql_updater
 from diffrl.train import format_summary, run_recipe
+from diffrl.train.builders import training_state
 from diffrl.train.progress import Timer
 from diffrl.train.setup import prepare
 from diffrl.train.trainer import Trainer
@@ -84,15 +85,13 @@ def main(cfg):
         return {"gaussian_nll": gaussian_nll.detach(), **diffusion_ql_update(batch)}
 
     diffusion_ql_update = critic_then_actor_update(ql_loss, optims["critic"], optims["diffusion_ql"], updater)
-    state = {"gaussian": gaussian, "bc_loss": bc_loss, "ql_loss": ql_loss, "updater": updater}
-    state.update({f"optim_{name}": optim for name, optim in optims.items()})
     trainer = Trainer(
         cfg,
         update=update,
         run=run,
         policy=diffusion_ql,
         offline_rb=rb,
-        checkpoint=state,
+        checkpoint=training_state(optims, gaussian=gaussian, bc_loss=bc_loss, ql_loss=ql_loss, updater=updater),
         name="bandit2d",
         progress_keys=["train/gaussian_nll", "train/bc_loss", "train/loss_qvalue", "train/q_term"],
         verbose=False,

@@ -23,7 +23,7 @@ import torch
 from torchrl.objectives import SoftUpdate
 
 from diffrl.train import run_recipe
-from diffrl.train.builders import build_actor_critic, loss_optimizers
+from diffrl.train.builders import build_actor_critic, loss_optimizers, training_state
 from diffrl.train.edis_hook import edis_hook
 from diffrl.train.setup import dataset_and_envs, prepare
 from diffrl.train.trainer import Hook, Trainer
@@ -48,12 +48,10 @@ def main(cfg):
     if cfg.loss.cql_lagrange:
         optims.update(loss_optimizers(loss, alpha_prime=lr.critic_lr))
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
-    state = {"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}}
 
-    hooks = [Hook(on_switch=lambda trainer: loss.switch_to_online(cfg.online.cql_alpha))]
-    if edis is not None:  # the synthetic pool, refitted at the switch and every retrain_every env steps
-        hooks.append(edis)
-        state["edis"] = edis
+    # At the switch: calibration off, cql_alpha <- online.cql_alpha. EDIS, when configured, refits its synthetic pool
+    # there and every retrain_every env steps.
+    switch = Hook(on_switch=lambda trainer: loss.switch_to_online(cfg.online.cql_alpha))
 
     # compile: the loss forward through torch.compile (its backward too); eager by default (compiling takes ~1 min)
     loss_fn = torch.compile(loss) if cfg.get("compile", False) else loss
@@ -65,8 +63,8 @@ def main(cfg):
         offline_rb=rb,
         env=env,
         eval_env=eval_env,
-        checkpoint=state,
-        hooks=hooks,
+        checkpoint=training_state(optims, loss=loss, updater=updater, edis=edis),  # edis=None is left out
+        hooks=[switch] if edis is None else [switch, edis],
         name="calql" if edis is None else "edis_calql",
     )
     result = trainer.run()

@@ -25,7 +25,7 @@ from diffrl.envs import make_env
 from diffrl.modules.q_selection import QSelectionActor
 from diffrl.objectives.updaters import diffusion_ql_updater
 from diffrl.train import normalized_score, run_recipe, seed_env
-from diffrl.train.builders import build_actor_critic, loss_optimizers
+from diffrl.train.builders import build_actor_critic, loss_optimizers, training_state
 from diffrl.train.setup import prepare
 from diffrl.train.trainer import Trainer, TrainerSettings
 from diffrl.train.updates import critic_then_actor_update
@@ -64,7 +64,6 @@ def main(cfg):
         with loss.target_qvalue_network_params.to_module(critic):
             return select(td)
 
-    state = {"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}}
     # Candidates are drawn with noise (a deterministic diffusion sample is a different, degenerate policy).
     settings = TrainerSettings.from_config(cfg, eval_exploration="random")
     trainer = Trainer(
@@ -75,7 +74,7 @@ def main(cfg):
         eval_policy=policy,
         offline_rb=rb,
         eval_env=eval_env,
-        checkpoint=state,
+        checkpoint=training_state(optims, loss=loss, updater=updater),
         name="diffusion_ql",
         progress_keys=("train/loss_qvalue", "train/bc_loss", "eval/return"),
     )

@@ -24,7 +24,7 @@ import torch
 from torchrl.objectives import SoftUpdate
 
 from diffrl.train import run_recipe
-from diffrl.train.builders import build_actor_critic, loss_optimizers
+from diffrl.train.builders import build_actor_critic, loss_optimizers, training_state
 from diffrl.train.edis_hook import edis_hook
 from diffrl.train.setup import dataset_and_envs, prepare
 from diffrl.train.trainer import Trainer
@@ -52,13 +52,6 @@ def main(cfg):
     if cfg.optim.get("actor_lr_schedule", "constant") == "cosine":
         schedulers["actor"] = torch.optim.lr_scheduler.CosineAnnealingLR(optims["actor"], T_max=cfg.offline.steps)
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
-    state = {"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}}
-    state.update({f"schedule_{k}": v for k, v in schedulers.items()})
-
-    hooks = []
-    if edis is not None:  # the synthetic pool, refitted at the switch and every retrain_every env steps
-        hooks.append(edis)
-        state["edis"] = edis
 
     # compile: the loss forward through torch.compile (its backward too); eager by default (compiling takes ~1 min)
     loss_fn = torch.compile(loss) if cfg.get("compile", False) else loss
@@ -70,8 +63,8 @@ def main(cfg):
         offline_rb=rb,
         env=env,
         eval_env=eval_env,
-        checkpoint=state,
-        hooks=hooks,
+        checkpoint=training_state(optims, schedulers, loss=loss, updater=updater, edis=edis),  # edis=None: left out
+        hooks=[] if edis is None else [edis],  # EDIS refits its synthetic pool at the switch, every retrain_every steps
         name="iql" if edis is None else "edis_iql",
     )
     result = trainer.run()

@@ -26,7 +26,7 @@ from torchrl.modules import AdditiveGaussianModule
 from torchrl.objectives import SoftUpdate
 
 from diffrl.train import run_recipe
-from diffrl.train.builders import build_actor_critic, loss_optimizers
+from diffrl.train.builders import build_actor_critic, loss_optimizers, training_state
 from diffrl.train.setup import online_envs, prepare
 from diffrl.train.trainer import Trainer
 from diffrl.train.updates import critic_then_actor_update
@@ -59,8 +59,6 @@ def main(cfg):
     update = critic_then_actor_update(
         loss, optims["critic"], optims["actor"], updater, schedulers=[actor_schedule], compile=cfg.get("compile", False)
     )
-    state = {"loss": loss, "updater": updater, "schedule_actor": actor_schedule}
-    state.update({f"optim_{k}": v for k, v in optims.items()})
     trainer = Trainer(
         cfg,
         update=update,
@@ -69,7 +67,7 @@ def main(cfg):
         exploration_policy=exploration_policy,
         env=env,
         eval_env=eval_env,
-        checkpoint=state,
+        checkpoint=training_state(optims, {"actor": actor_schedule}, loss=loss, updater=updater),
         store_keys=loss.in_keys,
         device=device,
         name="qsm",

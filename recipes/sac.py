@@ -19,7 +19,7 @@ import torch
 from torchrl.objectives import SoftUpdate
 
 from diffrl.train import run_recipe
-from diffrl.train.builders import build_actor_critic, loss_optimizers
+from diffrl.train.builders import build_actor_critic, loss_optimizers, training_state
 from diffrl.train.setup import online_envs, prepare
 from diffrl.train.trainer import Trainer
 from diffrl.train.updates import summed_loss_update
@@ -42,7 +42,7 @@ def main(cfg):
         policy=actor,
         env=env,
         eval_env=eval_env,
-        checkpoint={"loss": loss, "updater": updater, **{f"optim_{k}": v for k, v in optims.items()}},
+        checkpoint=training_state(optims, loss=loss, updater=updater),
         store_keys=loss.in_keys,  # what SACLoss reads: no collector bookkeeping in the replay buffer
         name="sac",
     )

@@ -8,7 +8,7 @@ from tensordict import TensorDict
 from torchrl.data import Bounded
 
 from diffrl import registry
-from diffrl.train.builders import build_actor_critic, loss_optimizers
+from diffrl.train.builders import build_actor_critic, loss_optimizers, training_state
 
 DIMS = {"obs_dim": 3, "action_dim": 2}
 IQL = {
@@ -56,9 +56,10 @@ def test_action_spec_bounds_reach_the_actor():
     cfg = {**IQL, "actor": {"name": "tanh_normal", "hidden_sizes": [16]}, "loss": {"name": "sac"}}
     torch.manual_seed(0)
     actor, _, _ = build_actor_critic(cfg, DIMS, action_spec=spec)
-    actions = actor(TensorDict({"observation": torch.randn(512, 3) * 3}, batch_size=[512]))["action"]
-    assert actions[:, 0].abs().max() > 1.0 and actions[:, 0].abs().max() <= 3.0
-    assert actions[:, 1].min() >= 0.0 and actions[:, 1].max() <= 0.5
+    dist = actor.get_dist(TensorDict({"observation": torch.randn(4, 3)}, batch_size=[4]))
+    assert dist.low.tolist() == [-3.0, 0.0] and dist.high.tolist() == [3.0, 0.5]
+    actions = dist.sample((256,))
+    assert actions[..., 0].abs().max() <= 3.0 and actions[..., 1].min() >= 0.0 and actions[..., 1].max() <= 0.5
 
 
 def test_without_value_flag_the_value_group_is_not_built():
@@ -92,3 +93,13 @@ def test_unknown_group_is_a_one_line_error_naming_the_accepted_ones():
     _, _, loss = build_actor_critic({**IQL, "loss": {"name": "sac"}}, DIMS)
     with pytest.raises(ValueError, match=r"got the group 'policy'; accepted: actor, critic, value, alpha, alpha_prime"):
         loss_optimizers(loss, policy=1e-3)
+
+
+def test_training_state_names_optimizers_and_schedules_and_drops_switched_off_parts():
+    net = torch.nn.Linear(2, 1)
+    optims = {"actor": torch.optim.Adam(net.parameters()), "critic": torch.optim.SGD(net.parameters(), lr=0.1)}
+    schedule = torch.optim.lr_scheduler.StepLR(optims["actor"], step_size=3)
+    state = training_state(optims, {"actor": schedule}, loss=net, updater=None, edis=None)
+    expected = {"loss": net, "optim_actor": optims["actor"], "optim_critic": optims["critic"]}
+    assert state == {**expected, "schedule_actor": schedule}
+    assert list(training_state({}, edis=net)) == ["edis"]
