@@ -59,11 +59,11 @@ def main(cfg):
         cfg,
         update=summed_loss_update(loss_fn, optims.values(), updater),
         run=run,
+        checkpoint=training_state(optims, loss=loss, updater=updater, edis=edis),  # edis=None is left out
         policy=actor,
         offline_rb=rb,
         env=env,
         eval_env=eval_env,
-        checkpoint=training_state(optims, loss=loss, updater=updater, edis=edis),  # edis=None is left out
         hooks=[switch] if edis is None else [switch, edis],
         name="calql" if edis is None else "edis_calql",
     )

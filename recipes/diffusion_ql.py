@@ -70,11 +70,11 @@ def main(cfg):
         settings,
         update=update,
         run=run,
+        checkpoint=training_state(optims, loss=loss, updater=updater),
         policy=actor,
         eval_policy=policy,
         offline_rb=rb,
         eval_env=eval_env,
-        checkpoint=training_state(optims, loss=loss, updater=updater),
         name="diffusion_ql",
         progress_keys=("train/loss_qvalue", "train/bc_loss", "eval/return"),
     )

@@ -59,11 +59,11 @@ def main(cfg):
         cfg,
         update=summed_loss_update(loss_fn, optims.values(), updater, schedulers=schedulers.values()),
         run=run,
+        checkpoint=training_state(optims, schedulers, loss=loss, updater=updater, edis=edis),  # edis=None: left out
         policy=actor,
         offline_rb=rb,
         env=env,
         eval_env=eval_env,
-        checkpoint=training_state(optims, schedulers, loss=loss, updater=updater, edis=edis),  # edis=None: left out
         hooks=[] if edis is None else [edis],  # EDIS refits its synthetic pool at the switch, every retrain_every steps
         name="iql" if edis is None else "edis_iql",
     )

@@ -39,10 +39,10 @@ def main(cfg):
         cfg,
         update=summed_loss_update(torch.compile(loss) if cfg.get("compile", False) else loss, optims.values(), updater),
         run=run,
+        checkpoint=training_state(optims, loss=loss, updater=updater),
         policy=actor,
         env=env,
         eval_env=eval_env,
-        checkpoint=training_state(optims, loss=loss, updater=updater),
         store_keys=loss.in_keys,  # what SACLoss reads: no collector bookkeeping in the replay buffer
         name="sac",
     )
