@@ -207,10 +207,9 @@ def run_fidelity(args: argparse.Namespace) -> None:
                 name = label if steps == base.sampler_steps else f"sampler_steps {steps}"
                 record(f"{name}: fit 2 (offline+online, guided)", seed, guided, fit_cpu_s=fit2,
                        sample_cpu_s=t_sample)  # fmt: skip
-                if steps == base.sampler_steps:
-                    record(f"{name}: fit 2, unguided", seed, flat(edis.sample(args.num_samples, guided=False)))
-    atomic_write_text(out / "fidelity.json", json.dumps(rows, indent=1))
-    print(f"wrote {out / 'fidelity.json'}")
+                record(f"{name}: fit 2, unguided", seed, flat(edis.sample(args.num_samples, guided=False)))
+    atomic_write_text(out / args.name, json.dumps(rows, indent=1))
+    print(f"wrote {out / args.name}")
 
 
 # ------------------------------------------------------------------------------------------------ 3. collect
@@ -291,6 +290,68 @@ def run_collect(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'online.json'}")
 
 
+# ------------------------------------------------------------------------------------------------ 4. tables
+FIDELITY_COLUMNS = {
+    "rmse_cos": "s' RMSE cos", "rmse_sin": "s' RMSE sin", "rmse_thdot": "s' RMSE thdot", "r_mae": "|r err|",
+    "off_circle_s": "s off circle", "off_circle_sp": "s' off circle", "upright_s": "s upright",
+    "fit_cpu_s": "fit CPU s", "sample_cpu_s": "sample CPU s",
+}  # fmt: skip
+
+
+def run_tables(args: argparse.Namespace) -> None:
+    """Markdown tables (means over seeds) from the JSON files written by ``fidelity`` and ``collect``."""
+    out = Path(args.out)
+    lines = []
+    for name in args.fidelity:
+        rows = json.loads((out / name).read_text())
+        pools: dict[str, list[dict]] = {}
+        for row in rows:
+            pools.setdefault(row["pool"], []).append(row)
+        lines += [f"Fidelity ({name}; means over seeds)", ""]
+        lines += ["| pool | seeds | " + " | ".join(FIDELITY_COLUMNS.values()) + " |"]
+        lines += ["|---" * (len(FIDELITY_COLUMNS) + 2) + "|"]
+        for pool, rs in pools.items():
+            cells = []
+            for key in FIDELITY_COLUMNS:
+                vals = [r[key] for r in rs if key in r]
+                cells.append(f"{np.mean(vals):.3f}" if vals else "")
+            lines.append(f"| {pool} | {len(rs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    online_file = out / "online.json"
+    if online_file.exists():
+        rows = json.loads(online_file.read_text())
+        base = {r["seed"]: r["online_last2"] for r in rows if r["variant"] == "calql"}
+        lines += ["Online (score: mean of the last two online evaluations; diff: paired vs calql on the same seed)", ""]
+        lines += ["| variant | seed | end of offline | online last 2 | diff vs calql | evals (online) | CPU s | "
+                  "failing re-eval episodes | failing train episodes |", "|---" * 9 + "|"]  # fmt: skip
+        for r in sorted(rows, key=lambda r: (r["variant"], r["seed"])):
+            diff = f"{r['online_last2'] - base[r['seed']]:+.1f}" if r["seed"] in base else ""
+            evals = " ".join(f"{v:.0f}" for v in r["online_evals"])
+            failing = f"{r['reeval_failing']}/{r['reeval_episodes']}" if "reeval_failing" in r else "n/a"
+            lines.append(
+                f"| {r['variant']} | {r['seed']} | {r['offline_end']:.1f} | {r['online_last2']:.1f} | {diff} | "
+                f"{evals} | {r['cpu_s']:.0f} | {failing} | {r['train_failing']}/{r['train_episodes']} |"
+            )
+        lines.append("")
+        lines += ["| variant | seeds | online last 2 (mean +- std) | paired diff vs calql (mean, per seed) | "
+                  "failing re-eval episodes | failing train episodes |", "|---" * 6 + "|"]  # fmt: skip
+        for variant in dict.fromkeys(r["variant"] for r in rows):
+            rs = [r for r in rows if r["variant"] == variant]
+            scores = [r["online_last2"] for r in rs]
+            diffs = [r["online_last2"] - base[r["seed"]] for r in rs if r["seed"] in base]
+            std = np.std(scores, ddof=1) if len(scores) > 1 else float("nan")
+            paired = f"{np.mean(diffs):+.1f} ({' '.join(f'{d:+.1f}' for d in diffs)})" if variant != "calql" else ""
+            fail = sum(r.get("reeval_failing", 0) for r in rs), sum(r.get("reeval_episodes", 0) for r in rs)
+            train = sum(r["train_failing"] for r in rs), sum(r["train_episodes"] for r in rs)
+            lines.append(
+                f"| {variant} | {len(rs)} | {np.mean(scores):.1f} +- {std:.1f} | {paired} | {fail[0]}/{fail[1]} | "
+                f"{train[0]}/{train[1]} |"
+            )
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out / "tables.md", text)
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -305,6 +366,8 @@ def main() -> None:
     f.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
     f.add_argument("--diffusion-steps", type=int, nargs="+", default=[500, 1000, 3000])
     f.add_argument("--sampler-steps", type=int, nargs="+", default=[8, 16, 32])
+    f.add_argument("--negative-sampler-steps", type=int, nargs="+", default=[8])
+    f.add_argument("--name", default="fidelity.json", help="output file name inside --out")
     f.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "edis_study"))
     c = sub.add_parser("collect")
     c.add_argument("--runs", default="/work/scratch/edis_study/runs")
@@ -312,8 +375,11 @@ def main() -> None:
     c.add_argument("--reevaluate", action="store_true", help="count failing episodes by re-running the checkpoints")
     c.add_argument("--episodes", type=int, default=10, help="per checkpoint, with --reevaluate")
     c.add_argument("--eval-seed", type=int, default=12345)
+    t = sub.add_parser("tables")
+    t.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "edis_study"))
+    t.add_argument("--fidelity", nargs="+", default=["fidelity.json"])
     args = parser.parse_args()
-    {"online": run_online, "fidelity": run_fidelity, "collect": run_collect}[args.cmd](args)
+    {"online": run_online, "fidelity": run_fidelity, "collect": run_collect, "tables": run_tables}[args.cmd](args)
 
 
 if __name__ == "__main__":
