@@ -4,6 +4,7 @@ resume, and the per-task configs with the paper's per-dataset hyperparameters.""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -94,29 +95,23 @@ def test_resume_continues_to_the_same_result_as_an_uninterrupted_run(tiny_datase
         np.testing.assert_allclose(b[key][1], a[key][1], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-PAPER = {  # file stem -> (eta, grad norm, actor lr, max-Q backup, steps): the official per-dataset table
-    "halfcheetah_medium": (1.0, 9.0, 3e-4, False, 2_000_000),
-    "hopper_medium": (1.0, 9.0, 3e-4, False, 2_000_000),
-    "walker2d_medium": (1.0, 1.0, 3e-4, False, 2_000_000),
-    "halfcheetah_medium_replay": (1.0, 2.0, 3e-4, False, 2_000_000),
-    "hopper_medium_replay": (1.0, 4.0, 3e-4, False, 2_000_000),
-    "walker2d_medium_replay": (1.0, 4.0, 3e-4, False, 2_000_000),
-    "antmaze_umaze": (0.5, 2.0, 3e-4, False, 1_000_000),
-    "antmaze_umaze_diverse": (2.0, 3.0, 3e-4, True, 1_000_000),
-    "antmaze_medium_play": (2.0, 2.0, 1e-3, True, 1_000_000),
-    "antmaze_medium_diverse": (3.0, 1.0, 3e-4, True, 1_000_000),
-    "antmaze_large_play": (4.5, 10.0, 3e-4, True, 1_000_000),
-    "antmaze_large_diverse": (3.5, 7.0, 3e-4, True, 1_000_000),
-}
+# The official per-dataset table: file stem -> eta, gradient-norm clip, actor lr, max-Q backup, training steps.
+PAPER = json.loads((Path(__file__).parent / "data" / "diffusion_ql_paper_hyperparameters.json").read_text())
 
 
 def test_every_per_task_config_loads_strictly_with_the_papers_hyperparameters():
     files = {f.stem: f for f in (RECIPES / "configs" / "diffusion_ql").glob("*.yaml")}
     assert set(files) == set(PAPER)
-    for stem, (eta, grad_norm, actor_lr, max_q, steps) in PAPER.items():
+    for stem, paper in PAPER.items():
         cfg = load_config(RECIPE, [f"config={files[stem].name}"])
-        got = (cfg.loss.eta, cfg.optim.grad_norm, cfg.optim.actor_lr, cfg.loss.max_q_backup, cfg.offline.steps)
-        assert got == (eta, grad_norm, actor_lr, max_q, steps), stem
+        got = {
+            "eta": cfg.loss.eta,
+            "grad_norm": cfg.optim.grad_norm,
+            "actor_lr": cfg.optim.actor_lr,
+            "max_q_backup": cfg.loss.max_q_backup,
+            "steps": cfg.offline.steps,
+        }
+        assert got == paper, stem
         assert cfg.optim.critic_lr == 3e-4 and cfg.gamma == 0.99 and cfg.data.batch_size == 256
         assert cfg.actor.hidden_sizes == cfg.critic.hidden_sizes == [256, 256, 256] and cfg.actor.num_steps == 5
         assert cfg.eval.selection.num_candidates == 50

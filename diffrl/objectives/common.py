@@ -202,6 +202,16 @@ class DiffrlLossBase(LossModule):
             )
         return value
 
+    def _weighted_batch(self, tensordict: TensorDictBase) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """What every term reads first: the priority weights (``None`` without prioritised replay), the observation
+        and the action."""
+        weights = self._maybe_get_priority_weight(tensordict)
+        return (
+            weights,
+            self._read(tensordict, self.tensor_keys.observation),
+            self._read(tensordict, self.tensor_keys.action),
+        )
+
     def _require_diffusion_actor(self, actor_network: TensorDictModule, methods: tuple[str, ...]) -> None:
         """A TypeError naming the missing method unless ``actor_network`` has every one of ``methods``."""
         for method in methods:
@@ -244,6 +254,14 @@ class DiffrlLossBase(LossModule):
             **hyperparams,
         )
         return self
+
+    def _init_regression(self, loss_function: str, reduction: str, gamma: float | None) -> None:
+        """Store the critics' distance (``loss_function``) and the batch ``reduction``; a ``gamma`` other than
+        ``None`` builds the TD(0) estimator now (the ``gamma=`` shorthand of the constructors)."""
+        self.loss_function = loss_function
+        self.reduction = reduction
+        if gamma is not None:
+            self.make_value_estimator(gamma=gamma)
 
     # -- the critic ensemble ---------------------------------------------------------------------------------------
     def _init_qvalue(

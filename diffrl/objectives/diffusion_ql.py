@@ -113,7 +113,8 @@ class DiffusionQLLoss(DiffrlLossBase):
         <torch._C.Generator object at ...>
         >>> actor = registry.build("actor", {"name": "diffusion", "hidden_sizes": [32, 32]}, obs_dim=3, action_dim=2)
         >>> critic = registry.build("critic", {"name": "twin_q", "hidden_sizes": [32, 32]}, obs_dim=3, action_dim=2)
-        >>> loss = registry.build("loss", "diffusion_ql", actor_network=actor, qvalue_network=critic)
+        >>> loss = registry.build("loss", {"name": "diffusion_ql", "eta": 2.5},  # eta: the Q term's weight
+        ...                       actor_network=actor, qvalue_network=critic)
         >>> batch = TensorDict({"observation": torch.randn(8, 3), "action": torch.rand(8, 2) * 2 - 1,
         ...     ("next", "observation"): torch.randn(8, 3), ("next", "reward"): torch.randn(8, 1),
         ...     ("next", "done"): torch.zeros(8, 1, dtype=torch.bool),
@@ -171,11 +172,8 @@ class DiffusionQLLoss(DiffrlLossBase):
         self.coin_flip = coin_flip
         self.max_q_backup = max_q_backup
         self.num_backup_samples = int(num_backup_samples)
-        self.loss_function = loss_function
-        self.reduction = reduction
         self.register_buffer("_fixed_pick", torch.tensor([0, 1]), persistent=False)
-        if gamma is not None:
-            self.make_value_estimator(gamma=gamma)
+        self._init_regression(loss_function, reduction, gamma)
 
     # -- helpers ----------------------------------------------------------------------------------------------------
     def _pick_critics(self) -> Tensor:
@@ -192,9 +190,7 @@ class DiffusionQLLoss(DiffrlLossBase):
     # -- terms ------------------------------------------------------------------------------------------------------
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TD(0) regression of every critic onto ``r + gamma (1 - terminated) min_i Q'_i(s', a' ~ pi_EMA)``."""
-        weights = self._maybe_get_priority_weight(tensordict)
-        observation = self._read(tensordict, self.tensor_keys.observation)
-        action = self._read(tensordict, self.tensor_keys.action)
+        weights, observation, action = self._weighted_batch(tensordict)
         next_observation = self._read(tensordict, ("next", self.tensor_keys.observation))
         with torch.no_grad():
             num_samples = self.num_backup_samples if self.max_q_backup else None
@@ -216,9 +212,7 @@ class DiffusionQLLoss(DiffrlLossBase):
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Denoising BC loss plus ``eta`` times the normalised Q term at fresh differentiable policy samples."""
-        weights = self._maybe_get_priority_weight(tensordict)
-        observation = self._read(tensordict, self.tensor_keys.observation)
-        action = self._read(tensordict, self.tensor_keys.action)
+        weights, observation, action = self._weighted_batch(tensordict)
         with (
             self.actor_network_params.to_module(self.actor_network, preserve_module_state=False),
             precision_context(self.precision, observation.device),

@@ -102,16 +102,11 @@ class QScoreMatchingLoss(DiffrlLossBase):
         self.score_scale = float(score_scale)
         self.target_noise = float(target_noise)
         self.critic_reduction = critic_reduction
-        self.loss_function = loss_function
-        self.reduction = reduction
-        if gamma is not None:
-            self.make_value_estimator(gamma=gamma)
+        self._init_regression(loss_function, reduction, gamma)
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TD(0) regression onto ``r + gamma (1 - terminated) min_i Q'_i(s', clip(pi(s') + noise))``."""
-        weights = self._maybe_get_priority_weight(tensordict)
-        observation = self._read(tensordict, self.tensor_keys.observation)
-        action = self._read(tensordict, self.tensor_keys.action)
+        weights, observation, action = self._weighted_batch(tensordict)
         next_observation = self._read(tensordict, ("next", self.tensor_keys.observation))
         with torch.no_grad():
             with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
@@ -136,9 +131,7 @@ class QScoreMatchingLoss(DiffrlLossBase):
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Regress ``eps_theta(a_t, t, s)`` onto the score target at forward-noised replay actions."""
-        weights = self._maybe_get_priority_weight(tensordict)
-        observation = self._read(tensordict, self.tensor_keys.observation)
-        action = self._read(tensordict, self.tensor_keys.action)
+        weights, observation, action = self._weighted_batch(tensordict)
         step = torch.randint(0, self.actor_network.num_steps, action.shape[:-1], device=action.device)
         noisy_action, _ = self.actor_network.add_noise(action, step)  # the forward noise is not a target in QSM
         target = self.score_target(observation, noisy_action)
