@@ -317,25 +317,25 @@ def load_dataset(
         transitions.set(("next", "observation"), (transitions.get(("next", "observation")) - obs_mean) / obs_std)
     metadata = raw.metadata
     ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    # How the buffer samples: this function's own arguments, passed on unchanged.
+    sampling = dict(sampler=sampler, batch_size=batch_size, prefetch=prefetch, seed=seed, transform=transform)
     return OfflineReplayBuffer(
         transitions,
+        device=device,
+        # what the dataset is, and its episodes
         dataset_id=raw.dataset_id,
         env_id=raw.env_id,
         env_spec=raw.env_spec,
+        episode_lengths=raw.episode_lengths,
+        episode_returns=returns,
+        metadata=metadata,
+        ref_min_score=float(ref_min) if ref_min is not None else None,
+        ref_max_score=float(ref_max) if ref_max is not None else None,
+        # how it was processed: online data must go through the same steps
         obs_mean=obs_mean,
         obs_std=obs_std,
         observation_normalized=normalize_obs,
         reward_transform=reward_transform,
         gamma=gamma,
-        ref_min_score=float(ref_min) if ref_min is not None else None,
-        ref_max_score=float(ref_max) if ref_max is not None else None,
-        episode_lengths=raw.episode_lengths,
-        episode_returns=returns,
-        metadata=metadata,
-        batch_size=batch_size,
-        device=device,
-        sampler=sampler,
-        transform=transform,
-        prefetch=prefetch,
-        seed=seed,
+        **sampling,
     )
