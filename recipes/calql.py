@@ -25,22 +25,20 @@ from torchrl.objectives import SoftUpdate
 from diffrl.train import run_recipe
 from diffrl.train.builders import build_actor_critic, loss_optimizers, training_state
 from diffrl.train.edis_hook import edis_hook
-from diffrl.train.setup import dataset_and_envs, prepare
+from diffrl.train.setup import dataset_recipe
 from diffrl.train.trainer import Hook, Trainer
 from diffrl.train.updates import summed_loss_update
 
 
 def main(cfg):
-    device, run = prepare(cfg)  # threads, seeds, device, the run directory
-
-    # The dataset carries mc_return, observation statistics and reference scores. Online rewards get the dataset's
-    # reward transform; evaluation sees raw rewards, comparable to the reference scores.
-    rb, env, eval_env = dataset_and_envs(cfg, device)
+    # Threads, seeds, device and the run directory; then the dataset, which carries mc_return, observation statistics
+    # and reference scores. Online rewards get the dataset's reward transform; evaluation sees raw rewards, comparable
+    # to the reference scores.
+    setup = dataset_recipe(cfg)
 
     # Tanh-Gaussian actor within the env's bounds, the critic ensemble, Cal-QL's loss with its TD(0) target.
-    dims = {"obs_dim": rb.obs_dim, "action_dim": rb.action_dim}
-    actor, critic, loss = build_actor_critic(cfg, dims, device, action_spec=env.action_spec, gamma=cfg.gamma)
-    edis = edis_hook(cfg, actor, **dims, device=device)  # None unless the config has an edis group
+    actor, critic, loss = build_actor_critic(cfg, **setup.actor_critic_args(), gamma=cfg.gamma)
+    edis = edis_hook(cfg, actor, **setup.dims, device=setup.device)  # None unless the config has an edis group
 
     # CORL: the entropy temperature learns at the policy rate, the Lagrange multiplier at the critic rate.
     lr = cfg.optim
@@ -58,18 +56,15 @@ def main(cfg):
     trainer = Trainer(
         cfg,
         update=summed_loss_update(loss_fn, optims.values(), updater),
-        run=run,
+        run=setup.run,
         checkpoint=training_state(optims, loss=loss, updater=updater, edis=edis),  # edis=None is left out
         policy=actor,
-        offline_rb=rb,
-        env=env,
-        eval_env=eval_env,
+        **setup.trainer_data(),  # the dataset, the training env, the evaluation env
         hooks=[switch] if edis is None else [switch, edis],
         name="calql" if edis is None else "edis_calql",
     )
-    result = trainer.run()
-    run.close()
-    return result
+    with setup.run:  # closes the logger, also when training stops on an error
+        return trainer.run()
 
 
 if __name__ == "__main__":

@@ -26,24 +26,20 @@ from torchrl.objectives import SoftUpdate
 from diffrl.train import run_recipe
 from diffrl.train.builders import build_actor_critic, loss_optimizers, training_state
 from diffrl.train.edis_hook import edis_hook
-from diffrl.train.setup import dataset_and_envs, prepare
+from diffrl.train.setup import dataset_recipe
 from diffrl.train.trainer import Trainer
 from diffrl.train.updates import summed_loss_update
 
 
 def main(cfg):
-    device, run = prepare(cfg)  # threads, seeds, device, the run directory
-
-    # The dataset carries mc_return, observation statistics and reference scores. Online rewards get the dataset's
-    # reward transform; evaluation sees raw rewards, comparable to the reference scores.
-    rb, env, eval_env = dataset_and_envs(cfg, device)
+    # Threads, seeds, device and the run directory; then the dataset, which carries mc_return, observation statistics
+    # and reference scores. Online rewards get the dataset's reward transform; evaluation sees raw rewards, comparable
+    # to the reference scores.
+    setup = dataset_recipe(cfg)
 
     # A stochastic actor that scores dataset actions, a single Q network (the loss makes num_qvalue_nets copies), V(s).
-    dims = {"obs_dim": rb.obs_dim, "action_dim": rb.action_dim}
-    actor, critic, loss = build_actor_critic(
-        cfg, dims, device, action_spec=env.action_spec, value=True, gamma=cfg.gamma
-    )
-    edis = edis_hook(cfg, actor, **dims, device=device)  # None unless the config has an edis group
+    actor, critic, loss = build_actor_critic(cfg, **setup.actor_critic_args(), value=True, gamma=cfg.gamma)
+    edis = edis_hook(cfg, actor, **setup.dims, device=setup.device)  # None unless the config has an edis group
 
     lr = cfg.optim
     optims = loss_optimizers(loss, actor=lr.actor_lr, critic=lr.critic_lr, value=lr.value_lr)
@@ -58,18 +54,15 @@ def main(cfg):
     trainer = Trainer(
         cfg,
         update=summed_loss_update(loss_fn, optims.values(), updater, schedulers=schedulers.values()),
-        run=run,
+        run=setup.run,
         checkpoint=training_state(optims, schedulers, loss=loss, updater=updater, edis=edis),  # edis=None: left out
         policy=actor,
-        offline_rb=rb,
-        env=env,
-        eval_env=eval_env,
+        **setup.trainer_data(),  # the dataset, the training env, the evaluation env
         hooks=[] if edis is None else [edis],  # EDIS refits its synthetic pool at the switch, every retrain_every steps
         name="iql" if edis is None else "edis_iql",
     )
-    result = trainer.run()
-    run.close()
-    return result
+    with setup.run:  # closes the logger, also when training stops on an error
+        return trainer.run()
 
 
 if __name__ == "__main__":

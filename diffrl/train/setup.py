@@ -8,6 +8,7 @@ These read the recipe config keys shared by every recipe (``threads``, ``device`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ import torch
 from diffrl.train.run import Run, start_run
 from diffrl.train.seeding import resolve_device, seed_everything
 
-__all__ = ["dataset_and_envs", "online_envs", "prepare"]
+__all__ = ["DatasetRecipe", "dataset_and_envs", "dataset_recipe", "online_envs", "prepare"]
 
 
 def prepare(cfg: Any) -> tuple[torch.device, Run]:
@@ -53,6 +54,59 @@ def dataset_and_envs(cfg: Mapping[str, Any], device: Any) -> tuple[Any, Any, Any
         env_cfg["name"], rb, device=device, max_episode_steps=env_cfg["max_episode_steps"], seed=int(cfg["seed"])
     )
     return rb, env, eval_env
+
+
+@dataclass(frozen=True)
+class DatasetRecipe:
+    """What a recipe learning from a dataset starts from (:func:`dataset_recipe`): the device and run of
+    :func:`prepare`, the dataset ``rb`` with its training and evaluation envs (:func:`dataset_and_envs`), and the
+    network sizes ``dims`` (``{"obs_dim": ..., "action_dim": ...}``, read from the dataset).
+    """
+
+    device: torch.device
+    run: Run
+    rb: Any
+    env: Any
+    eval_env: Any
+    dims: dict[str, int]
+
+    def actor_critic_args(self) -> dict[str, Any]:
+        """:func:`~diffrl.train.builders.build_actor_critic`'s data-dependent arguments: ``dims``, ``device`` and the
+        training env's ``action_spec`` (the actor's bounds)."""
+        return {"dims": self.dims, "device": self.device, "action_spec": self.env.action_spec}
+
+    def trainer_data(self) -> dict[str, Any]:
+        """The data and envs as :class:`~diffrl.train.trainer.Trainer` keyword arguments: ``offline_rb``, ``env``,
+        ``eval_env``."""
+        return {"offline_rb": self.rb, "env": self.env, "eval_env": self.eval_env}
+
+
+def dataset_recipe(cfg: Any) -> DatasetRecipe:
+    """:func:`prepare`, then :func:`dataset_and_envs`, in that order (the run directory exists before the dataset
+    loads, and the seed is set before anything draws from it).
+
+    Example:
+        >>> import tempfile
+        >>> from omegaconf import OmegaConf
+        >>> from diffrl.data import make_dataset
+        >>> from diffrl.data.paths import datasets_path_override
+        >>> cfg = OmegaConf.create({"threads": 1, "device": "cpu", "seed": 0, "resume": None, "gamma": 0.99,
+        ...                         "logger": {"dir": tempfile.mkdtemp() + "/run", "backend": "csv"},
+        ...                         "data": {"dataset_id": "demo/pendulum/random-v0", "batch_size": 8},
+        ...                         "env": {"name": "Pendulum-v1", "max_episode_steps": 20}})
+        >>> with datasets_path_override(tempfile.mkdtemp()):
+        ...     _ = make_dataset("Pendulum-v1", "random", "demo/pendulum/random-v0", num_steps=40)
+        ...     setup = dataset_recipe(cfg)
+        >>> setup.dims, len(setup.rb), sorted(setup.trainer_data())
+        ({'obs_dim': 3, 'action_dim': 1}, 40, ['env', 'eval_env', 'offline_rb'])
+        >>> setup.actor_critic_args()["action_spec"].space.high.tolist()  # Pendulum's torque bound
+        [2.0]
+        >>> setup.run.close()
+    """
+    device, run = prepare(cfg)
+    rb, env, eval_env = dataset_and_envs(cfg, device)
+    dims = {"obs_dim": rb.obs_dim, "action_dim": rb.action_dim}
+    return DatasetRecipe(device, run, rb, env, eval_env, dims)
 
 
 def online_envs(cfg: Mapping[str, Any]) -> tuple[Any, Any, dict[str, int]]:
