@@ -182,6 +182,8 @@ def run_fidelity(args: argparse.Namespace) -> None:
     sweep += [
         (f"diffusion_steps {d}", {"diffusion_steps": d}) for d in args.diffusion_steps if d != base.diffusion_steps
     ]
+    other_neg = [n for n in args.negative_sampler_steps if n != base.negative_sampler_steps]
+    sweep += [(f"negative_sampler_steps {n}", {"negative_sampler_steps": n}) for n in other_neg]
     for seed in args.seeds:
         online = online_by_seed[seed]
         policy = behaviour_policy(0.1, torch.Generator().manual_seed(seed))
