@@ -53,9 +53,11 @@ def _run_with_stub(returns_by_eval, train_steps=400):
     env = gym.make("Pendulum-v1")
     calls = []
 
-    def evaluate(actor):
+    def evaluate(actor):  # an entry is one return for both modes, or a (stochastic, deterministic) pair
         calls.append(1)
-        return {"return_stochastic": returns_by_eval[len(calls) - 1], "return_deterministic": 0.0}
+        entry = returns_by_eval[len(calls) - 1]
+        stochastic, deterministic = entry if isinstance(entry, tuple) else (entry, entry)
+        return {"return_stochastic": stochastic, "return_deterministic": deterministic}
 
     rule = sac_generator.band_stop_rule((30.0, 60.0), 0.0, 100.0)
     options = {"hidden_sizes": (8,)}
@@ -68,6 +70,13 @@ def test_training_stops_at_the_first_evaluation_inside_the_band():
     assert [r["step"] for r in history] == [150, 200, 250]
     assert sum(len(e.rewards) for e in episodes) == 250  # the replay is the run up to the stop
     assert [len(e.rewards) for e in episodes] == [200, 50] and episodes[-1].truncations[-1]
+
+
+def test_a_lucky_stochastic_evaluation_alone_does_not_stop_training():
+    # step 150: stochastic 40 in the band but deterministic 12 (Walker2d's 60k-step evaluation): go on; step 200: both
+    actor, episodes, history, stop_step = _run_with_stub([(40.0, 12.0), (45.0, 38.0), 50.0])
+    assert stop_step == 200 and [r["step"] for r in history] == [150, 200]
+    assert history[0]["band_distance"] == pytest.approx(18.0)  # the deterministic one's distance to 30
 
 
 def test_at_the_cap_the_snapshot_closest_to_the_band_is_used_and_the_replay_cut_there():
