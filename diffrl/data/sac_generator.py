@@ -194,7 +194,8 @@ def build_sac_datasets(
         stop_band: normalised-score band (D4RL units, 0 = random, 100 = expert) that stops training at the first
             evaluation whose stochastic and deterministic means are both inside it. Default (35, 60): inside D4RL's
             medium range 30-60 with a margin for the difference between a 5-episode evaluation and the 100k-step
-            dataset, and above Hopper's "stand still" plateau (1000 steps of alive bonus, return about 1030 = normalised 32, which a 30-60 band accepts).
+            dataset, and above Hopper's "stand still" plateau (1000 steps of alive bonus, return about 1030 =
+            normalised 32, which a 30-60 band accepts).
             ``None``: train exactly ``train_steps`` steps.
         eval_every, eval_episodes: evaluation period (env steps) and episodes per evaluation mode. Default 5k, 5.
         batch_size: SAC minibatch size. Default 256.
