@@ -48,6 +48,8 @@ def test_evaluate_matches_hand_computed_returns_and_normalized_scores():
     scores = 100 * (expected + 300.0) / 250.0
     assert out["eval/normalized_score"] == pytest.approx(scores.mean(), abs=1e-4)
     assert out["eval/normalized_score_std"] == pytest.approx(scores.std(), abs=1e-4)
+    assert out["eval/return_min"] == pytest.approx(expected.min(), abs=1e-4)  # the worst episode, not the mean
+    assert out["eval/normalized_score_min"] == pytest.approx(scores.min(), abs=1e-4)
     no_ref = evaluate(env, _constant, episodes=1, max_steps=3)
     assert "eval/normalized_score" not in no_ref
 

@@ -63,8 +63,10 @@ def evaluate(
         reward_key, done_key: where the rollout stores rewards and done flags.
 
     Returns:
-        ``{"eval/return", "eval/return_std", "eval/length", "eval/episodes"}`` plus ``"eval/normalized_score"`` and
-        ``"eval/normalized_score_std"`` when reference scores are given. Standard deviations are population (ddof=0).
+        ``{"eval/return", "eval/return_std", "eval/return_min", "eval/length", "eval/episodes"}`` plus
+        ``"eval/normalized_score"``, ``"eval/normalized_score_std"`` and ``"eval/normalized_score_min"`` when reference
+        scores are given. Standard deviations are population (ddof=0); ``*_min`` is the worst episode, which shows an
+        evaluation whose mean hides failing episodes.
 
     Example:
         >>> from torchrl.envs import GymEnv
@@ -110,6 +112,7 @@ def evaluate(
     out = {
         "eval/return": returns_t.mean().item(),
         "eval/return_std": returns_t.std(unbiased=False).item(),
+        "eval/return_min": returns_t.min().item(),
         "eval/length": float(sum(lengths[:episodes]) / episodes),
         "eval/episodes": float(episodes),
     }
@@ -117,6 +120,7 @@ def evaluate(
         scores = normalized_score(returns_t, float(ref_min_score), float(ref_max_score))
         out["eval/normalized_score"] = scores.mean().item()
         out["eval/normalized_score_std"] = scores.std(unbiased=False).item()
+        out["eval/normalized_score_min"] = scores.min().item()
     return out
 
 
