@@ -305,3 +305,17 @@ def test_recipe_interrupted_then_resumed_ends_with_the_uninterrupted_parameters(
         "step_000000006.pt",
         "step_000000009.pt",
     ]
+
+
+def test_unwritten_replay_rows_do_not_make_a_checkpoint_damaged(tmp_path):
+    # LazyTensorStorage preallocates with torch.empty: rows past the written ones may hold NaN bit patterns. Only the
+    # written rows are the run's data; a NaN there still marks the checkpoint damaged.
+    o = _build(seed=0)
+    storage = o.rb._storage._storage
+    storage["observation"][30] = float("nan")  # 24 rows written, capacity 40: row 30 is unwritten
+    path = Checkpointer(tmp_path / "ok").save(1, rb=o.rb)
+    assert Checkpointer(tmp_path / "ok").load(path, rb=_build(seed=1).rb)["step"] == 1
+    storage["observation"][5] = float("nan")  # a written row
+    bad = Checkpointer(tmp_path / "bad").save(1, rb=o.rb)
+    with pytest.raises(CheckpointError, match="non-finite values in objects.rb._storage._storage.observation"):
+        Checkpointer(tmp_path / "bad").load(bad, rb=_build(seed=1).rb)

@@ -391,7 +391,12 @@ def _first_non_finite(obj: Any, where: str) -> str | None:
         if obj.dtype.kind in "fc" and obj.size and not bool(np.isfinite(obj).all()):
             return where
     elif isinstance(obj, Mapping):
+        # A replay-buffer storage ({"_storage": ..., "_len": n}) is preallocated with torch.empty: rows past the n
+        # written ones hold whatever the memory held, NaN bit patterns included, and say nothing about the run.
+        filled = obj.get("_len") if "_storage" in obj and isinstance(obj.get("_len"), int) else None
         for key, value in obj.items():
+            if key == "_storage" and filled is not None:
+                value = _leading_rows(value, filled)
             if (found := _first_non_finite(value, f"{where}.{key}" if where else str(key))) is not None:
                 return found
     elif isinstance(obj, (list, tuple)):
@@ -399,6 +404,17 @@ def _first_non_finite(obj: Any, where: str) -> str | None:
             if (found := _first_non_finite(value, f"{where}[{i}]")) is not None:
                 return found
     return None  # numbers, strings, bytes: Python floats may be inf on purpose (a best score of -inf)
+
+
+def _leading_rows(obj: Any, n: int) -> Any:
+    """The first ``n`` rows (dim 0) of every tensor or array in ``obj``; other values as they are."""
+    if _is_tensor_collection(obj):
+        obj = obj.to_dict()
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return obj[:n] if obj.ndim else obj
+    if isinstance(obj, Mapping):
+        return {key: _leading_rows(value, n) for key, value in obj.items()}
+    return obj
 
 
 def _is_tensor_collection(obj: Any) -> bool:
