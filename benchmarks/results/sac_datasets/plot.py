@@ -37,10 +37,10 @@ def main(paths: list[str]) -> None:
     for ax, (name, records) in zip(axes[0], runs):
         steps = [r["step"] for r in records]
         ax.plot(steps, [r["return_deterministic"] for r in records], "o-", label="deterministic eval")
-        ax.plot(steps, [r["return_stochastic"] for r in records], "s--", label="stochastic eval (stop rule)")
+        ax.plot(steps, [r["return_stochastic"] for r in records], "s--", label="stochastic eval")
         lo, hi = REFS[name]
         ax.axhspan(lo + 0.3 * (hi - lo), lo + 0.6 * (hi - lo), color="green", alpha=0.12, label="normalised 30-60")
-        ax.axhline(lo + 0.35 * (hi - lo), color="green", ls=":", lw=1, label="stop band starts (35)")
+        ax.axhline(lo + 0.35 * (hi - lo), color="green", ls=":", lw=1, label="stop band starts (35): both evals above")
         if name == "Hopper":
             xs, ys = zip(*CLEANRL_HOPPER)
             ax.plot(xs, ys, "k*", markersize=11, label="CleanRL SAC (reference)")
