@@ -317,6 +317,7 @@ class Trainer:
         self._resumed_episode: dict[str, Any] | None = None
         self._saved_at: int | None = None
         self._cpu_seconds, self._cpu_mark = 0.0, time.process_time()  # CPU time of earlier sessions of this run
+        self._cpu_logged_at: int | None = None  # the step train/cpu_seconds was last logged at (by an evaluation)
 
     # ------------------------------------------------------------------------------------------------------ driver
     @property
@@ -352,7 +353,8 @@ class Trainer:
                 )
                 raise
         seconds = timer.elapsed
-        self.record.log({"train/cpu_seconds": self._cpu_total()}, self.step)
+        if self._cpu_logged_at != self.step:  # the final evaluation has logged it already (one row per step)
+            self.record.log({"train/cpu_seconds": self._cpu_total()}, self.step)
         line = format_summary(self.name, self.step - start, seconds, self.record.logger.last, keys=())
         if self.verbose:
             print(self._final_report(line), flush=True)
@@ -387,6 +389,7 @@ class Trainer:
         out = evaluate(self.eval_env, self.eval_policy, s.eval_episodes, exploration=s.eval_exploration, **refs)
         # CPU time beside every evaluation: a phase's cost (and a hook's share of it) is read from the run directory
         self.record.log({**out, "train/cpu_seconds": self._cpu_total()}, self.step)
+        self._cpu_logged_at = self.step
         self._metrics.update(out)
         return out
 
