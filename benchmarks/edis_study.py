@@ -218,11 +218,10 @@ def run_fidelity(args: argparse.Namespace) -> None:
 FAIL = 20.0  # an episode with a normalised score below this counts as failing
 
 
-def read_csv(path: Path) -> dict[int, float]:
-    if not path.exists():
-        return {}
-    rows = [line.split(",") for line in path.read_text().split()]
-    return {int(float(step)): float(value) for step, value in rows}
+def by_step(metrics: dict, name: str) -> dict[int, float]:
+    """One scalar of :func:`~diffrl.train.metrics.read_metrics` as ``{step: value}`` (empty if the run lacks it)."""
+    steps, values = metrics.get(name, ((), ()))
+    return {int(step): float(value) for step, value in zip(steps, values)}
 
 
 def reevaluate(run_dir: Path, episodes: int, seed: int) -> list[float]:
@@ -251,19 +250,24 @@ def reevaluate(run_dir: Path, episodes: int, seed: int) -> list[float]:
         policy = loss.actor_network  # the loss holds the trained parameters; bind them into the actor
         with loss.actor_network_params.to_module(policy):
             for _ in range(episodes):
-                out = evaluate(env, policy, 1, exploration=cfg.eval.exploration)
-                scores.append(100 * (out["eval/return"] - PENDULUM_REF_MIN) / (PENDULUM_REF_MAX - PENDULUM_REF_MIN))
+                out = evaluate(env, policy, 1, exploration=cfg.eval.exploration, ref_min_score=PENDULUM_REF_MIN,
+                               ref_max_score=PENDULUM_REF_MAX)  # fmt: skip
+                scores.append(out["eval/normalized_score"])
     return scores
 
 
 def run_collect(args: argparse.Namespace) -> None:
     import shutil
 
+    from diffrl.train.metrics import read_metrics
+    from diffrl.train.report import run_score
+
     runs, out = Path(args.runs), Path(args.out)
     table = []
     for run_dir in sorted(p for p in runs.iterdir() if p.is_dir() and (p / "scalars").is_dir()):
         cfg = OmegaConf.load(run_dir / "config.yaml")
-        ev = read_csv(run_dir / "scalars" / "eval" / "normalized_score.csv")
+        metrics = read_metrics(run_dir)
+        ev = by_step(metrics, "eval/normalized_score")
         total = int(cfg.offline.steps) + int(cfg.online.steps)
         if total not in ev:
             print(f"skip {run_dir.name}: unfinished")
@@ -273,13 +277,13 @@ def run_collect(args: argparse.Namespace) -> None:
         shutil.copytree(run_dir / "scalars", dest / "scalars")
         shutil.copy(run_dir / "config.yaml", dest / "config.yaml")
         online = [v for k, v in sorted(ev.items()) if k > int(cfg.offline.steps)]
-        train = read_csv(run_dir / "scalars" / "train" / "normalized_return.csv")
+        train = by_step(metrics, "train/normalized_return")
         train_online = [v for k, v in train.items() if k > int(cfg.offline.steps)]
         name, seed = run_dir.name.rsplit("_seed", 1)
         row = {
             "variant": name, "seed": int(seed), "offline_end": ev[int(cfg.offline.steps)],
-            "online_last2": float(np.mean(online[-2:])), "online_evals": online,
-            "cpu_s": read_csv(run_dir / "scalars" / "train" / "cpu_seconds.csv").get(total),
+            "online_last2": run_score(run_dir, last_k=2, phase="online"), "online_evals": online,
+            "cpu_s": by_step(metrics, "train/cpu_seconds").get(total),
             "train_episodes": len(train_online), "train_failing": sum(v < FAIL for v in train_online),
         }  # fmt: skip
         if args.reevaluate:
