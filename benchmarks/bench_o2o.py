@@ -1,7 +1,8 @@
 """Update throughput of the calql, iql and qsm recipes' default updates, variants interleaved in one process.
 
 Each recipe's networks and loss are built from its config file (``recipes/configs/<recipe>.yaml``: the actor, critic,
-value and loss groups, the batch size, one torch thread) at Pendulum's sizes (state 3, action 1), and its update is
+value and loss groups, the batch size, one torch thread) at Pendulum's sizes (state 3, action 1) with the recipes'
+own builders (``diffrl.train.builders``: ``build_actor_critic``, ``loss_optimizers``), and its update is
 the recipe's own (``summed_loss_update`` for calql and iql, ``critic_then_actor_update`` for qsm) on one fixed batch.
 Variants of the same update:
 
@@ -31,9 +32,10 @@ from pathlib import Path
 import torch
 import yaml
 from tensordict import TensorDict
+from torchrl.data import Bounded
 from torchrl.objectives import SoftUpdate
 
-from diffrl import registry
+from diffrl.train.builders import build_actor_critic, loss_optimizers
 from diffrl.train.updates import critic_then_actor_update, summed_loss_update
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
@@ -74,43 +76,25 @@ def build_update(recipe: str, variant: str, seed: int = 0) -> tuple[Callable[[Te
     torch.manual_seed(seed)
     fused, compile_loss = variant != "adam", variant == "compiled"
     dims = {"obs_dim": OBS_DIM, "action_dim": ACTION_DIM}
-
-    def adam(params, lr: float) -> torch.optim.Adam:
-        params = list(params.values(True, True)) if hasattr(params, "values") else list(params)
-        return torch.optim.Adam(params, lr=lr, fused=True) if fused else torch.optim.Adam(params, lr=lr)
-
-    bounds = {"action_low": -torch.ones(ACTION_DIM), "action_high": torch.ones(ACTION_DIM)}
-    critic = registry.build("critic", cfg["critic"], **dims)
-    if recipe == "qsm":
-        actor = registry.build("actor", cfg["actor"], **dims)
-        loss = registry.build("loss", cfg["loss"], actor_network=actor, qvalue_network=critic)
-        critic_optim = adam(loss.qvalue_network_params, cfg["optim"]["critic_lr"])
-        actor_optim = adam(loss.actor_network_params, cfg["optim"]["actor_lr"])
+    lr = cfg["optim"]
+    if recipe == "qsm":  # the recipe's own builders and optimizer groups, as recipes/qsm.py uses them
+        _, _, loss = build_actor_critic(cfg, dims)
+        optims = loss_optimizers(loss, fused=fused, critic=lr["critic_lr"], actor=lr["actor_lr"])
         update = critic_then_actor_update(
-            loss, critic_optim, actor_optim, SoftUpdate(loss, tau=cfg["optim"]["tau"]), compile=compile_loss
+            loss, optims["critic"], optims["actor"], SoftUpdate(loss, tau=lr["tau"]), compile=compile_loss
         )
         return update, cfg["online"]["batch_size"]
-    actor = registry.build("actor", cfg["actor"], **dims, **bounds)
+    spec = Bounded(low=-1.0, high=1.0, shape=(ACTION_DIM,))
     if recipe == "calql":
-        loss = registry.build("loss", cfg["loss"], actor_network=actor, qvalue_network=critic)
-        optims = [
-            adam(loss.actor_network_params, cfg["optim"]["actor_lr"]),
-            adam(loss.qvalue_network_params, cfg["optim"]["critic_lr"]),
-            adam([loss.log_alpha], cfg["optim"]["actor_lr"]),
-        ]
+        _, _, loss = build_actor_critic(cfg, dims, action_spec=spec, gamma=cfg["gamma"])
+        optims = loss_optimizers(loss, fused=fused, actor=lr["actor_lr"], critic=lr["critic_lr"], alpha=lr["actor_lr"])
     elif recipe == "iql":
-        value = registry.build("critic", cfg["value"], **dims)
-        loss = registry.build("loss", cfg["loss"], actor_network=actor, qvalue_network=critic, value_network=value)
-        optims = [
-            adam(loss.actor_network_params, cfg["optim"]["actor_lr"]),
-            adam(loss.qvalue_network_params, cfg["optim"]["critic_lr"]),
-            adam(loss.value_network_params, cfg["optim"]["value_lr"]),
-        ]
+        _, _, loss = build_actor_critic(cfg, dims, action_spec=spec, value=True, gamma=cfg["gamma"])
+        optims = loss_optimizers(loss, fused=fused, actor=lr["actor_lr"], critic=lr["critic_lr"], value=lr["value_lr"])
     else:
         raise ValueError(f"unknown recipe {recipe!r}; choose among calql, iql, qsm.")
-    loss.make_value_estimator(gamma=cfg["gamma"])
     loss_fn = torch.compile(loss, fullgraph=False) if compile_loss else loss
-    update = summed_loss_update(loss_fn, optims, SoftUpdate(loss, tau=cfg["optim"]["tau"]))
+    update = summed_loss_update(loss_fn, optims.values(), SoftUpdate(loss, tau=lr["tau"]))
     return update, cfg["data"]["batch_size"]
 
 
