@@ -588,8 +588,9 @@ def write_readme(args: argparse.Namespace, fresh: dict[str, str] | None = None) 
         "Written by `benchmarks/suite.py` (its docstring says how runs are made); rebuild with "
         f"`python benchmarks/suite.py --report-only{' --budget tiny' if args.budget == 'tiny' else ''}`.",
         "",
-        f"Machine: {machine()}. Every run single-threaded (`OMP_NUM_THREADS=1`, `threads=1`), one at a time, on a "
-        "shared machine: CPU times are the run's own (`train/cpu_seconds`), wall times in each `done.json`.",
+        f"Machine: {machine()}. Every run single-threaded (`OMP_NUM_THREADS=1`, `threads=1`), one at a time per "
+        "suite process, on a shared machine (other jobs, or a second suite process on other cells, may share the "
+        "cores): CPU times are the run's own (`train/cpu_seconds`), wall times in each `done.json`.",
         "",
         f"Score of a run: the mean of its last {LAST_K} evaluations (`eval/normalized_score` when the task has "
         "reference scores, else `eval/return`). Across seeds: IQM with a 95% stratified-bootstrap interval "
