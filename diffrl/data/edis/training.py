@@ -19,7 +19,7 @@ from diffrl.data.edis.config import EDISConfig
 from diffrl.data.edis.energy import info_nce_loss
 from diffrl.diffusion.edm import EDMDenoiser, edm_loss
 
-__all__ = ["Policy", "as_transitions", "policy_actions", "train_denoiser", "train_energy"]
+__all__ = ["Policy", "as_transitions", "fused_adam_option", "policy_actions", "train_denoiser", "train_energy"]
 
 Policy = Callable[[Tensor], Any] | TensorDictModuleBase
 
@@ -91,6 +91,18 @@ def _tail_mean(losses: list[Tensor]) -> float:
     return float(torch.stack(losses[-max(1, len(losses) // 10) :]).mean())
 
 
+def fused_adam_option(device: torch.device) -> dict[str, bool]:
+    """``{"fused": True}`` where PyTorch has a fused Adam(W) kernel (CPU, CUDA), else ``{}``: one kernel per step
+    instead of several per parameter, which is most of an optimizer step for EDIS's small networks.
+
+    Example:
+        >>> import torch
+        >>> fused_adam_option(torch.device("cpu")), fused_adam_option(torch.device("meta"))
+        ({'fused': True}, {})
+    """
+    return {"fused": True} if device.type in ("cpu", "cuda") else {}
+
+
 def train_denoiser(
     denoiser: EDMDenoiser, ema_denoiser: EDMDenoiser, x: Tensor, cfg: EDISConfig, generator: torch.Generator
 ) -> float:
@@ -112,8 +124,9 @@ def train_denoiser(
     device = x.device
     params = list(denoiser.parameters())
     ema_params = list(ema_denoiser.parameters())
-    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}  # several times faster steps for small nets
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fused)
+    opt = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fused_adam_option(device)
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.diffusion_steps)
     losses = []
     denoiser.train()

@@ -24,7 +24,14 @@ from diffrl import registry
 from diffrl.data.edis.config import ENERGY_NAMES, EDISConfig
 from diffrl.data.edis.energy import EnergyGuidance, EnergyNet
 from diffrl.data.edis.layout import REQUIRED_KEYS, TransitionLayout, ZScoreNormalizer, _key_name
-from diffrl.data.edis.training import Policy, as_transitions, policy_actions, train_denoiser, train_energy
+from diffrl.data.edis.training import (
+    Policy,
+    as_transitions,
+    fused_adam_option,
+    policy_actions,
+    train_denoiser,
+    train_energy,
+)
 from diffrl.diffusion.edm import EDMDenoiser, churn_sigmas, heun_sample, karras_sigmas
 from diffrl.nn.denoisers import ResidualMLPDenoiser
 
@@ -292,8 +299,9 @@ class EDISTransform(Transform):
             negatives = self._generate((num_pos, k, dim), neg_steps, known=known, mask=mask)
             energy = self.energies[name]
             if name not in self._energy_optimizers:  # kept across fits with the energy (warm start)
-                fused = {"fused": True} if self._device.type in ("cpu", "cuda") else {}  # -16% CPU per step
-                self._energy_optimizers[name] = torch.optim.Adam(energy.parameters(), lr=cfg.energy_lr, **fused)
+                self._energy_optimizers[name] = torch.optim.Adam(
+                    energy.parameters(), lr=cfg.energy_lr, **fused_adam_option(self._device)
+                )
             loss = train_energy(
                 energy, self._energy_optimizers[name], pos, negatives, levels, cfg.energy_steps,
                 cfg.energy_batch_size, self._generator,
